@@ -126,7 +126,7 @@ class SentenceTransformerSource:
         _check_precision(precision)
         self.path = resolve_path(path)
         if not self.path.is_dir():
-            raise FileNotFoundError(f"{self.path}: model folder not found (source.encoder.path={path!r})")
+            raise FileNotFoundError(f"{self.path}: model folder not found (source.path={path!r})")
         self.name = name
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
@@ -231,7 +231,7 @@ class CheckpointSource:
         if side not in names:
             raise ValueError(
                 f"checkpoint {self.checkpoint_dir} has sides {names}, not {side!r} for role {role!r}; "
-                f"set source.encoder.sides.{role}=<one of {names}>"
+                f"set source.sides.{role}=<one of {names}>"
             )
         return side
 
