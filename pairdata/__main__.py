@@ -1,0 +1,5 @@
+"""``python -m pairdata``: see :mod:`pairdata.cli`."""
+
+from pairdata.cli import main
+
+raise SystemExit(main())

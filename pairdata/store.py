@@ -1,0 +1,80 @@
+"""The on-disk layout of a built dataset and its all-or-nothing publication.
+
+A dataset ``NAME`` lives in ``DATA_DIR/NAME/``: one ``SPLIT.jsonl.gz`` per split (readable by
+``datasets.load_dataset("json", data_files=...)`` and by :func:`pairdata.pairs.iter_jsonl`) and a
+``manifest.json`` written last. A build works in ``DATA_DIR/.NAME.partial/`` and renames it to
+``NAME`` only when every file is complete, so an interrupted build never leaves a folder that
+looks finished; the partial folder keeps finished per-source extractions so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+def dataset_dir(data_dir: str | Path, name: str) -> Path:
+    """The folder of a complete dataset."""
+    return Path(data_dir).expanduser() / name
+
+
+def partial_dir(data_dir: str | Path, name: str) -> Path:
+    """The work folder of an unfinished build of ``name``."""
+    return Path(data_dir).expanduser() / f".{name}.partial"
+
+
+def is_complete(data_dir: str | Path, name: str) -> bool:
+    """True when ``name`` was fully built (its manifest exists)."""
+    return (dataset_dir(data_dir, name) / MANIFEST).is_file()
+
+
+def read_manifest(data_dir: str | Path, name: str) -> dict:
+    """The manifest of a complete dataset."""
+    return json.loads((dataset_dir(data_dir, name) / MANIFEST).read_text(encoding="utf-8"))
+
+
+def write_jsonl_gz(path: Path, records: Iterable[dict]) -> int:
+    """Write records as gzipped JSON lines through a temporary file; returns the record count."""
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False))
+            handle.write("\n")
+            count += 1
+    os.replace(tmp, path)
+    return count
+
+
+def read_jsonl_gz(path: Path) -> list[dict]:
+    """Read a file written by :func:`write_jsonl_gz`."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def publish(data_dir: str | Path, name: str, manifest: dict) -> Path:
+    """Write the manifest into the partial folder and atomically rename it to the dataset folder.
+
+    A previous complete build of ``name`` is moved aside first and deleted after the rename.
+    """
+    work = partial_dir(data_dir, name)
+    final = dataset_dir(data_dir, name)
+    shutil.rmtree(work / "extract", ignore_errors=True)
+    tmp = work / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, work / MANIFEST)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{name}.old-{int(time.time())}")
+        os.replace(final, old)
+    os.replace(work, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
