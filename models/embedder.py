@@ -1,0 +1,351 @@
+"""The embedding model: a decoder whose last-layer state at a side's closing delimiter is the embedding.
+
+References:
+    Neelakantan et al., "Text and Code Embeddings by Contrastive Pre-Training", arXiv:2201.10005.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from models.backbone import load_backbone
+from models.pooling import pool_last_token, position_ids_from_mask
+from models.sides import Side, parse_sides
+from models.tokenization import PADDING_SIDES, encode_delimited
+
+CONFIG_NAME = "embedder_config.json"
+HEADS_NAME = "heads.safetensors"
+TOKENIZER_DIR = "tokenizer"
+FORMAT_VERSION = 1
+
+
+class DecoderEmbedder(nn.Module):
+    """Decoder + last-token pooling + optional projection + L2 norm, with a learnable temperature.
+
+    Tower sides share one backbone by default; with ``shared_weights=False`` each side gets its
+    own copy. Logits for the contrastive loss are ``cos * exp(log_scale)``, i.e. temperature
+    ``T = exp(-log_scale)``, clamped to ``T >= min_temperature``.
+
+    Args:
+        backbone: a Hugging Face base decoder (``AutoModel``), already sized to ``tokenizer``.
+        tokenizer: holds every side's delimiter tokens.
+        sides: side name -> :class:`Side`.
+        shared_weights: one backbone for all sides (default) or one per side.
+        projection_dim: add a bias-free linear projection to this size (``None``: no projection).
+        init_temperature: starting temperature.
+        min_temperature: lower clamp of the temperature (upper clamp of the logit scale).
+        learn_temperature: whether the temperature is trained.
+        padding_side: ``right`` or ``left``; the embedding is identical either way.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        sides: Mapping[str, Side],
+        shared_weights: bool = True,
+        projection_dim: int | None = None,
+        init_temperature: float = 0.05,
+        min_temperature: float = 0.01,
+        learn_temperature: bool = True,
+        padding_side: str = "right",
+    ) -> None:
+        super().__init__()
+        if not 0 < min_temperature <= init_temperature:
+            raise ValueError(
+                f"need 0 < min_temperature <= init_temperature, got {min_temperature} and {init_temperature}"
+            )
+        if padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
+        self.sides = dict(sides)
+        self.tokenizer = tokenizer
+        self.shared_weights = shared_weights
+        self.padding_side = padding_side
+        self.min_temperature = min_temperature
+        self.init_temperature = init_temperature
+        if shared_weights:
+            self.backbone = backbone
+        else:
+            self.backbones = nn.ModuleDict({name: _clone(backbone) for name in self.sides})
+        hidden_size = backbone.config.hidden_size
+        self.hidden_size = hidden_size
+        self.projection = nn.Linear(hidden_size, projection_dim, bias=False) if projection_dim else None
+        self.log_scale = nn.Parameter(
+            torch.tensor(-math.log(init_temperature)), requires_grad=learn_temperature
+        )
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        pretrained: str | None,
+        sides: Mapping[str, Mapping[str, str]],
+        random_config: Mapping[str, Any] | None = None,
+        shared_weights: bool = True,
+        projection_dim: int | None = None,
+        init_temperature: float = 0.05,
+        min_temperature: float = 0.01,
+        learn_temperature: bool = True,
+        padding_side: str = "right",
+        gradient_checkpointing: bool = False,
+        seed: int | None = None,
+    ) -> DecoderEmbedder:
+        """Load a pretrained decoder (or build a random one) and add the tower's delimiters.
+
+        New delimiter embeddings start as the mean embedding of the tokens spelling the side's
+        name and role (e.g. ``"<query>"``), so they begin near meaningful tokens, not noise.
+        ``seed`` fixes the random initialisation of ``random_config`` backbones and projections.
+        """
+        if seed is not None:
+            torch.manual_seed(seed)
+        parsed = parse_sides(sides)
+        backbone, tokenizer = load_backbone(pretrained, random_config)
+        add_delimiters(backbone, tokenizer, parsed.values())
+        if gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return cls(
+            backbone,
+            tokenizer,
+            parsed,
+            shared_weights=shared_weights,
+            projection_dim=projection_dim,
+            init_temperature=init_temperature,
+            min_temperature=min_temperature,
+            learn_temperature=learn_temperature,
+            padding_side=padding_side,
+        )
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    @property
+    def side_names(self) -> tuple[str, ...]:
+        return tuple(self.sides)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.projection.out_features if self.projection is not None else self.hidden_size
+
+    def backbone_for(self, side: str) -> PreTrainedModel:
+        self._check_side(side)
+        return self.backbone if self.shared_weights else self.backbones[side]
+
+    def logit_scale(self) -> torch.Tensor:
+        """``exp(log_scale)`` clamped so the temperature never drops below ``min_temperature``."""
+        return self.log_scale.clamp(max=-math.log(self.min_temperature)).exp()
+
+    def tokenize(
+        self, texts: Sequence[str], side: str | Sequence[str], max_length: int
+    ) -> dict[str, torch.Tensor]:
+        """Delimit, truncate and pad texts of one side, or of one side per text."""
+        names = [side] * len(texts) if isinstance(side, str) else list(side)
+        for name in set(names):
+            self._check_side(name)
+        rows = [self.sides[name] for name in names]
+        return encode_delimited(self.tokenizer, texts, rows, max_length, self.padding_side)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str | Sequence[str]
+    ) -> torch.Tensor:
+        """Embed delimited, padded inputs from :meth:`tokenize`.
+
+        Both towers' inputs can go through one call (one pass of a shared backbone, and one
+        forward for DDP); with separate weights each side's rows run through their own backbone.
+
+        Args:
+            input_ids: (B, T).
+            attention_mask: (B, T).
+            side: the side of every row, or of each row.
+
+        Returns:
+            (B, D) L2-normalised float32 embeddings.
+        """
+        names = [side] * input_ids.shape[0] if isinstance(side, str) else list(side)
+        if self.shared_weights:
+            for name in set(names):
+                self._check_side(name)
+            pooled = self._pool(self.backbone, input_ids, attention_mask)  # (B, H)
+        else:
+            pooled = None
+            for name in dict.fromkeys(names):
+                rows = torch.tensor([i for i, n in enumerate(names) if n == name], device=input_ids.device)
+                part = self._pool(self.backbone_for(name), input_ids[rows], attention_mask[rows])
+                if pooled is None:
+                    pooled = part.new_empty((input_ids.shape[0], part.shape[1]))
+                pooled = pooled.index_copy(0, rows, part)
+        if self.projection is not None:
+            pooled = self.projection(pooled.to(self.projection.weight.dtype))  # (B, D)
+        return F.normalize(pooled.float(), dim=-1)
+
+    @staticmethod
+    def _pool(backbone: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        outputs = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+        return pool_last_token(outputs.last_hidden_state, attention_mask)  # (B, H)
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        side: str,
+        batch_size: int = 32,
+        max_length: int = 512,
+        show_progress: bool = False,
+    ) -> torch.Tensor:
+        """Embed texts for inference, in length-sorted batches; rows come back in input order.
+
+        Returns:
+            (N, D) float32, L2-normalised, on CPU.
+        """
+        self._check_side(side)
+        was_training = self.training
+        self.eval()
+        lengths = [len(text) for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        device = self.log_scale.device
+        out = torch.empty((len(texts), self.embedding_dim), dtype=torch.float32)
+        starts = range(0, len(texts), batch_size)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"encode ({side})", unit="batch")
+        for start in starts:
+            index = order[start : start + batch_size]
+            batch = self.tokenize([texts[i] for i in index], side, max_length)
+            embeddings = self(batch["input_ids"].to(device), batch["attention_mask"].to(device), side)
+            out[index] = embeddings.float().cpu()
+        self.train(was_training)
+        return out
+
+    def _check_side(self, side: str) -> None:
+        if side not in self.sides:
+            raise ValueError(f"unknown side {side!r}; this model's sides are {list(self.sides)}")
+
+    # ---- persistence --------------------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "sides": {name: side.to_dict() for name, side in self.sides.items()},
+            "shared_weights": self.shared_weights,
+            "projection_dim": self.projection.out_features if self.projection is not None else None,
+            "hidden_size": self.hidden_size,
+            "embedding_dim": self.embedding_dim,
+            "pooling": "last_token",
+            "normalize": True,
+            "padding_side": self.padding_side,
+            "init_temperature": self.init_temperature,
+            "min_temperature": self.min_temperature,
+            "learn_temperature": self.log_scale.requires_grad,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write backbone(s) in Hugging Face format, the tokenizer with delimiters, heads and config.
+
+        Writes into ``directory`` as given; callers wanting atomicity write to a temporary folder
+        and rename it (the trainer does).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.shared_weights:
+            self.backbone.save_pretrained(directory / "backbone")
+        else:
+            for name, backbone in self.backbones.items():
+                backbone.save_pretrained(directory / f"backbone-{name}")
+        self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+        heads = {"log_scale": self.log_scale.detach().reshape(1).float().cpu().contiguous()}
+        if self.projection is not None:
+            heads["projection.weight"] = self.projection.weight.detach().cpu().contiguous()
+        save_file(heads, str(directory / HEADS_NAME))
+        (directory / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, torch_dtype: torch.dtype | None = None) -> DecoderEmbedder:
+        """Load a folder written by :meth:`save_pretrained` (e.g. a training checkpoint)."""
+        directory = resolve_checkpoint_dir(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found: {directory} is not an embedder checkpoint")
+        config = json.loads(config_path.read_text())
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{config_path}: format_version {config.get('format_version')} is not supported")
+        sides = parse_sides(config["sides"])
+        tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
+        first = "backbone" if config["shared_weights"] else f"backbone-{next(iter(sides))}"
+        backbone = AutoModel.from_pretrained(directory / first, dtype=torch_dtype)
+        model = cls(
+            backbone,
+            tokenizer,
+            sides,
+            shared_weights=config["shared_weights"],
+            projection_dim=config["projection_dim"],
+            init_temperature=config["init_temperature"],
+            min_temperature=config["min_temperature"],
+            learn_temperature=config["learn_temperature"],
+            padding_side=config["padding_side"],
+        )
+        if not config["shared_weights"]:
+            for name in sides:
+                model.backbones[name] = AutoModel.from_pretrained(directory / f"backbone-{name}", dtype=torch_dtype)
+        heads = load_file(str(directory / HEADS_NAME))
+        with torch.no_grad():
+            model.log_scale.copy_(heads["log_scale"].reshape(()))
+            if model.projection is not None:
+                model.projection.weight.copy_(heads["projection.weight"])
+        return model
+
+
+def resolve_checkpoint_dir(directory: str | Path) -> Path:
+    """A checkpoint folder itself, or the newest ``checkpoints/step-*`` inside a training run folder."""
+    directory = Path(directory).expanduser()
+    if (directory / CONFIG_NAME).is_file() or not (directory / "checkpoints").is_dir():
+        return directory
+    steps = sorted(
+        (path for path in (directory / "checkpoints").glob("step-*") if (path / CONFIG_NAME).is_file()),
+        key=lambda path: int(path.name.removeprefix("step-")),
+    )
+    if not steps:
+        raise FileNotFoundError(f"{directory / 'checkpoints'} holds no finished checkpoint")
+    return steps[-1]
+
+
+def add_delimiters(backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sides: Sequence[Side]) -> None:
+    """Add each side's delimiters as special tokens and initialise their embeddings.
+
+    A delimiter already in the vocabulary keeps its embedding. A new one starts at the mean
+    embedding of the tokens spelling ``<name>`` (open) or ``</name>`` (close).
+    """
+    wanted = [token for side in sides for token in (side.open_token, side.close_token)]
+    new_tokens = [token for token in wanted if token not in tokenizer.get_vocab()]
+    if not new_tokens:
+        return
+    tokenizer.add_tokens(new_tokens, special_tokens=True)
+    backbone.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    table = backbone.get_input_embeddings().weight
+    with torch.no_grad():
+        for side in sides:
+            for token, spelling in ((side.open_token, f"<{side.name}>"), (side.close_token, f"</{side.name}>")):
+                if token not in new_tokens:
+                    continue
+                ids = tokenizer(spelling, add_special_tokens=False)["input_ids"]
+                table[tokenizer.convert_tokens_to_ids(token)] = table[ids].mean(dim=0)
+
+
+def _clone(module: PreTrainedModel) -> PreTrainedModel:
+    import copy
+
+    return copy.deepcopy(module)

@@ -1,0 +1,132 @@
+"""The training loop end to end on a tiny random model: configs, loss going down, checkpoints, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pairdata import DataFormatError
+from tests.conftest import CONFIG_DIR, compose_train_config, require_shared_data
+from train.loop import NonFiniteLossError, train
+
+
+def write_pairs(path: Path, count: int) -> Path:
+    """Real paraphrase pairs (STS-B train) as JSONL."""
+    from pairdata.senteval import read_sts_benchmark
+
+    rows = [(a, b) for a, b, score in read_sts_benchmark(require_shared_data() / "senteval", "train") if score >= 4]
+    with path.open("w") as handle:
+        for a, b in rows[:count]:
+            handle.write(json.dumps({"x": a, "y": b}) + "\n")
+    return path
+
+
+def tiny_overrides(tmp_path: Path, pairs: int = 16, steps: int = 3, extra: tuple[str, ...] = ()) -> list[str]:
+    data = write_pairs(tmp_path / "pairs.jsonl", pairs)
+    return [
+        "model=tiny-random",
+        "logging=none",
+        "data=jsonl",
+        f"data.path={data}",
+        f"trainer.steps={steps}",
+        f"trainer.batch_size={pairs}",
+        "trainer.max_length=48",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("group", ["model", "tower", "data", "trainer", "logging"])
+def test_every_config_in_every_group_composes(tmp_path, group: str) -> None:
+    for option in sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml")):
+        cfg = compose_train_config([f"{group}={option}"], tmp_path)
+        assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("tower", ["similarity", "search", "code"])
+def test_every_tower_instantiates_on_the_tiny_model(tmp_path, tower: str) -> None:
+    import hydra
+    from omegaconf import OmegaConf
+
+    cfg = compose_train_config(["model=tiny-random", f"tower={tower}"], tmp_path)
+    model = hydra.utils.instantiate(cfg.model, sides=OmegaConf.to_container(cfg.tower.sides), shared_weights=True)
+    assert model.side_names == tuple(cfg.tower.sides)
+
+
+def test_short_run_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path) -> None:
+    from models import DecoderEmbedder
+
+    cfg = compose_train_config(
+        tiny_overrides(tmp_path, pairs=16, steps=30, extra=("trainer.lr=3e-3", "trainer.warmup_steps=0",
+                                                           "trainer.temperature_lr=1e-2")),
+        tmp_path,
+    )
+    result = train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 30
+    assert set(records[0]) >= {"loss", "temperature", "lr", "grad_norm", "accuracy", "pairs_per_s", "tokens_per_s"}
+    # The same 16 pairs every step: the loss must fall well below where it started.
+    assert records[-1]["loss"] < 0.5 * records[0]["loss"], [round(r["loss"], 3) for r in records]
+    assert records[-1]["temperature"] != records[0]["temperature"]
+
+    checkpoint = Path(result["checkpoint"])
+    assert checkpoint.name == "step-000030"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["step"] == 30 and state["samples_seen"] == 30 * 16
+    assert "tiny-random" in (checkpoint / "train_config.yaml").read_text()
+    loaded = DecoderEmbedder.from_pretrained(tmp_path / "run")  # the run folder resolves to its newest checkpoint
+    assert loaded.side_names == ("text",)
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))
+
+
+def test_periodic_checkpoints_keep_only_the_newest(tmp_path) -> None:
+    cfg = compose_train_config(
+        tiny_overrides(tmp_path, pairs=8, steps=5, extra=("trainer.checkpoint_every=1", "trainer.keep_checkpoints=2")),
+        tmp_path,
+    )
+    train(cfg, tmp_path / "run")
+    names = sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-000004", "step-000005"]
+
+
+def test_accumulation_and_top_layers_run(tmp_path) -> None:
+    cfg = compose_train_config(
+        tiny_overrides(tmp_path, pairs=8, steps=2, extra=("trainer.grad_accum_steps=2", "trainer.train_top_layers=1",
+                                                          "tower=code")),
+        tmp_path,
+    )
+    cfg.trainer.batch_size = 4
+    result = train(cfg, tmp_path / "run")
+    assert result["metrics"]["samples_seen"] == 2 * 8
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, monkeypatch) -> None:
+    import train.loop as loop
+
+    def nan_loss(x, y, scale, rank=0, world_size=1):
+        return {"contrastive_loss": (x * float("nan")).sum(), "accuracy": torch.zeros(())}
+
+    monkeypatch.setattr(loop, "symmetric_info_nce", nan_loss)
+    cfg = compose_train_config(tiny_overrides(tmp_path, pairs=4, steps=2), tmp_path)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 1"):
+        train(cfg, tmp_path / "run")
+
+
+def test_unknown_trainer_option_is_named(tmp_path) -> None:
+    cfg = compose_train_config(tiny_overrides(tmp_path, pairs=4, steps=1, extra=("+trainer.lr_warmup=5",)), tmp_path)
+    with pytest.raises(ValueError, match=r"unknown trainer option\(s\) \['lr_warmup'\]"):
+        train(cfg, tmp_path / "run")
+
+
+def test_malformed_data_line_is_named(tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"x": "a", "y": "b"}\n{"x": "a", "y": \n')
+    cfg = compose_train_config(["model=tiny-random", "logging=none", "data=jsonl", f"data.path={bad}"], tmp_path)
+    with pytest.raises(Exception) as caught:
+        train(cfg, tmp_path / "run")
+    error = caught.value
+    while not isinstance(error, DataFormatError) and error.__cause__ is not None:
+        error = error.__cause__
+    assert isinstance(error, DataFormatError) and f"{bad}:2" in str(error)

@@ -1,0 +1,193 @@
+"""The training loop: batches of pairs -> embeddings -> symmetric InfoNCE -> AdamW step.
+
+Owns the order of work in a step; the model (``models``), the loss (``train.losses``), the batch
+order (``train.batching``), checkpoints and metrics live in their own modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pairdata import Pair
+from train.batching import StepBatcher
+from train.checkpoint import save_checkpoint
+from train.freezing import train_only_top_layers
+from train.losses import symmetric_info_nce
+from train.settings import TrainerSettings
+from train.tracking import MetricsFile, tracker_settings
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stops rather than corrupting the weights."""
+
+
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, lr: float, temperature_lr: float | None
+) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices; none on biases, norms and embeddings; the temperature
+    in a group of its own (at ``temperature_lr`` when set, since at a fine-tuning rate it barely moves)."""
+    decay, no_decay, temperature = [], [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.endswith("log_scale"):
+            temperature.append(parameter)
+        elif parameter.ndim < 2 or "embed" in name:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+        {"params": temperature, "weight_decay": 0.0, "lr": temperature_lr or lr},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Run contrastive training as configured; return the final metrics and checkpoint path.
+
+    Creates the ``Accelerator`` here and nowhere else. Works unchanged on one process or many
+    (``accelerate launch``): negatives are gathered across processes by the loss.
+    """
+    import hydra
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    settings = TrainerSettings.from_config(OmegaConf.to_container(cfg.trainer, resolve=True))
+    log_with, wandb_kwargs = tracker_settings(cfg.logging.backend, cfg.logging.mode)
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision, log_with=log_with, project_dir=str(output_dir))
+    set_seed(cfg.seed)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    tower = cfg.tower
+    x_side, y_side = tower.pair_sides
+    if x_side not in tower.sides or y_side not in tower.sides:
+        raise ValueError(f"tower.pair_sides {list(tower.pair_sides)} must name sides of {list(tower.sides)}")
+
+    with accelerator.main_process_first():  # the first load may convert the offline model into the cache
+        model = hydra.utils.instantiate(
+            cfg.model, sides=OmegaConf.to_container(tower.sides), shared_weights=tower.shared_weights
+        )
+    pairs: Sequence[Pair] = hydra.utils.instantiate(cfg.data)
+    global_batch = settings.batch_size * world * settings.grad_accum_steps
+    batcher = StepBatcher(pairs, global_batch, cfg.seed)
+
+    if settings.train_top_layers:
+        backbones = [model.backbone] if model.shared_weights else list(model.backbones.values())
+        train_only_top_layers(backbones, settings.train_top_layers)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, settings.weight_decay, settings.lr, settings.temperature_lr),
+        lr=settings.lr,
+        betas=settings.betas,
+    )
+    # Stepped by hand once per optimizer step (accelerate's wrapper would step it once per process).
+    scheduler = get_scheduler(
+        settings.scheduler, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    embedder = accelerator.unwrap_model(model)
+
+    run_config = OmegaConf.to_yaml(cfg, resolve=True)
+    if log_with:
+        accelerator.init_trackers(
+            cfg.logging.project,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            init_kwargs={"wandb": {**wandb_kwargs, "name": cfg.name, "dir": str(output_dir)}},
+        )
+    metrics_file = MetricsFile(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        logger.info(
+            "training %s on %d pairs: %d steps x %d pairs (%d processes), %d negatives per item",
+            cfg.name, len(pairs), settings.steps, global_batch, world, settings.batch_size * world - 1,
+        )
+
+    progress = tqdm(total=settings.steps, desc="train", disable=not accelerator.is_local_main_process)
+    record: dict[str, Any] = {}
+    checkpoint = None
+    model.train()
+    for step in range(settings.steps):
+        started = time.perf_counter()
+        micro_batches = batcher.local_micro_batches(step, rank, world, settings.grad_accum_steps)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        accuracy_sum = torch.zeros((), device=accelerator.device)
+        tokens = torch.zeros((), device=accelerator.device)
+        for index, micro in enumerate(micro_batches):
+            texts = [pair.x for pair in micro] + [pair.y for pair in micro]
+            sides = [x_side] * len(micro) + [y_side] * len(micro)
+            batch = embedder.tokenize(texts, sides, settings.max_length)
+            tokens += batch["attention_mask"].sum()
+            last = index == len(micro_batches) - 1
+            with accelerator.no_sync(model) if not last else _nullcontext(), accelerator.autocast():
+                embeddings = model(
+                    batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device), sides
+                )  # (2B, D)
+                out = symmetric_info_nce(
+                    embeddings[: len(micro)], embeddings[len(micro) :], embedder.logit_scale(), rank, world
+                )
+                accelerator.backward(out["contrastive_loss"] / settings.grad_accum_steps)
+            loss_sum += out["contrastive_loss"].detach()
+            accuracy_sum += out["accuracy"]
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        loss = accelerator.reduce(loss_sum / len(micro_batches), "mean").item()
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss} at step {step + 1}; stopping before the weights are corrupted. "
+                "Lower trainer.lr, raise model.min_temperature, or check the data for empty texts."
+            )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        seconds = time.perf_counter() - started
+        total_tokens = accelerator.reduce(tokens, "sum").item()
+        record = {
+            "step": step + 1,
+            "epoch": batcher.epoch_of(step + 1),
+            "samples_seen": (step + 1) * global_batch,
+            "loss": loss,
+            "accuracy": accelerator.reduce(accuracy_sum / len(micro_batches), "mean").item(),
+            "temperature": 1.0 / embedder.logit_scale().item(),
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "pairs_per_s": global_batch / seconds,
+            "tokens_per_s": total_tokens / seconds,
+        }
+        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+            metrics_file.write(record)
+            accelerator.log({f"train/{key}": value for key, value in record.items() if key != "step"}, step=step + 1)
+        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{record['accuracy']:.2f}", T=f"{record['temperature']:.3f}")
+        progress.update()
+        periodic = settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0
+        if periodic or step + 1 == settings.steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                state = {"step": step + 1, "samples_seen": (step + 1) * global_batch, "metrics": record}
+                checkpoint = save_checkpoint(
+                    embedder, output_dir, step + 1, state, run_config, settings.keep_checkpoints
+                )
+            accelerator.wait_for_everyone()
+    progress.close()
+    accelerator.end_training()
+    if world > 1:
+        time.sleep(1.0)  # gloo's process-group teardown can hang at exit without a pause (torch 2.13)
+    return {"metrics": record, "checkpoint": str(checkpoint) if checkpoint else None, "output_dir": str(output_dir)}
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
