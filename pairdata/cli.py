@@ -146,7 +146,7 @@ def _with_code_test_splits(index, data_dir: Path):
     for test_file in sorted(data_dir.glob("code-*/test.jsonl.gz")):
         for _, record in iter_jsonl(test_file):
             index.add_exact(record.get("docstring_summary") or "")
-            index.add_exact(record.get("code") or "")
+            index.add_exact(record.get("code") or "", by_sentence=False)
         added.append(str(test_file))
     index.files = [*index.files, *({"path": path, "kind": "code test split"} for path in added)]
     return index

@@ -71,14 +71,16 @@ class LeakageIndex:
         if len(text_words) >= self.ngram:
             self._gram_chunks.append(self._gram_hashes(text_words))
 
-    def add_exact(self, text: str) -> None:
-        """Index a text whole and by sentence only (used for the code test split)."""
+    def add_exact(self, text: str, by_sentence: bool = True) -> None:
+        """Index a text whole, and by sentence unless ``by_sentence`` is false (the code test split:
+        code lines such as ``for i in range(n):`` are shared by unrelated functions)."""
         text_words = words(text)
         if not text_words:
             return
         self.texts += 1
         self._full.add(stable_hash(" ".join(text_words)))
-        self._add_sentences(text)
+        if by_sentence:
+            self._add_sentences(text)
 
     def _gram_hashes(self, text_words: list[str]) -> np.ndarray:
         n = self.ngram

@@ -181,8 +181,8 @@ def build_code(
     # nothing of the test split, nor of a benchmark, may be trained on
     test_index = LeakageIndex()
     for record in by_split.get("test", []):
-        test_index.add_exact(record["docstring_summary"])
-        test_index.add_exact(record["code"])
+        test_index.add_exact(record["docstring_summary"], by_sentence=False)
+        test_index.add_exact(record["code"], by_sentence=False)
     dropped: Counter = Counter()
     for split in ("train", "valid"):
         kept = []

@@ -39,7 +39,7 @@ _SECTION_START = re.compile(
     r"|See Also|Attributes|Throws|Usage)\s*:?\s*$)",
     re.IGNORECASE,
 )
-_INLINE_TAG = re.compile(r"\{@\w+\s*([^}]*)\}")
+_INLINE_TAG = re.compile(r"\{@(\w+)\s*([^}]*)\}")
 _HTML_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
 _TEST_DIRS = {
     "test",
@@ -57,6 +57,15 @@ _TEST_DIRS = {
 _TEST_FILE = re.compile(r"(^test_|_test\.|\.test\.|\.spec\.|_spec\.rb$|Tests?\.java$|^test\.)", re.IGNORECASE)
 
 
+def _inline_tag(match: re.Match) -> str:
+    """``{@code x}`` -> ``x``; ``{@link Type#member label}`` -> ``label`` (else ``Type.member``)."""
+    tag, content = match.group(1), match.group(2).strip()
+    if tag in {"link", "linkplain", "see"}:
+        reference, _, label = content.partition(" ")
+        return label.strip() or reference.strip("#").replace("#", ".")
+    return content
+
+
 def clean_block_comment(comment: str) -> str:
     """The text of a ``/** ... */`` comment (Javadoc, JSDoc, PHPDoc), leading ``*`` removed."""
     body = comment.strip()
@@ -64,7 +73,7 @@ def clean_block_comment(comment: str) -> str:
     body = re.sub(r"\*+/$", "", body)
     lines = [re.sub(r"^\s*\*? ?", "", line) for line in body.split("\n")]
     text = "\n".join(lines)
-    text = _INLINE_TAG.sub(lambda match: match.group(1).split("#")[-1].strip(), text)
+    text = _INLINE_TAG.sub(_inline_tag, text)
     text = _HTML_TAG.sub(" ", text)
     return html.unescape(text).strip()
 
