@@ -68,6 +68,16 @@ def parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="build from this folder or git checkout instead of the pinned sources (repeatable)",
     )
+    build.add_argument(
+        "--hf-dataset",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="text/search: also read this Hugging Face dataset (hub name when online, or a local folder)",
+    )
+    build.add_argument("--hf-split", default="train")
+    build.add_argument("--hf-text-field", default="text")
+    build.add_argument("--hf-title-field", default="title")
     build.add_argument("--name", help="dataset name (default code-LANGUAGE, text-neighbors, text-search)")
     build.add_argument(
         "--group-depth",
@@ -215,7 +225,7 @@ def run_build(args: argparse.Namespace, command: str) -> list[dict]:
             _report(manifests[-1])
     kinds = {"text": ["neighbors"], "search": ["search"], "all": ["neighbors", "search"]}.get(args.what, [])
     if kinds:
-        from pairdata.text.build import TEXT_FRACTIONS, build_text, folder_text_source
+        from pairdata.text.build import TEXT_FRACTIONS, build_text, folder_text_source, hf_text_source
 
         text_index = None
         for kind in kinds:
@@ -228,14 +238,18 @@ def run_build(args: argparse.Namespace, command: str) -> list[dict]:
                 text_index = _with_code_test_splits(
                     index if index is not None else _benchmark_index(args), data_dir
                 )
-            sources = [folder_text_source(path) for path in args.source] if args.source else None
+            sources = [folder_text_source(path) for path in args.source or []]
+            sources += [
+                hf_text_source(name, args.hf_split, args.hf_text_field, args.hf_title_field)
+                for name in args.hf_dataset or []
+            ]
             manifests.append(
                 build_text(
                     kind,
                     data_dir=data_dir,
                     cache=cache,
                     leakage=text_index,
-                    sources=sources,
+                    sources=sources or None,
                     name=name,
                     chunk_tokens=args.chunk_tokens,
                     min_chunk_tokens=args.min_chunk_tokens,

@@ -63,6 +63,9 @@ class TextSource:
     spec: SourceSpec
     reader: str
     pattern: str  # regex the relative path must match
+    split: str = "train"  # Hugging Face datasets only (``spec.kind == "hf"``)
+    text_field: str = "text"
+    title_field: str = "title"
 
 
 DEFAULT_TEXT_SOURCES: list[TextSource] = [
@@ -163,6 +166,47 @@ def folder_text_source(path: str, name: str | None = None) -> TextSource:
         "plain",
         r"\.(txt|md|rst)$",
     )
+
+
+def hf_text_source(
+    name: str, split: str = "train", text_field: str = "text", title_field: str = "title"
+) -> TextSource:
+    """A Hugging Face dataset (a hub name when online, or a local folder of data files) as a text source."""
+    safe = name.strip("/").replace("/", "-")
+    return TextSource(
+        SourceSpec(name=f"hf-{safe}", kind="hf", package=name, version=split, group_depth=0),
+        "hf",
+        "",
+        split=split,
+        text_field=text_field,
+        title_field=title_field,
+    )
+
+
+def hf_documents(text_source: TextSource, source: Source, limit_files: int | None) -> Iterator[Document]:
+    """Rows of a Hugging Face dataset as documents; rows without a text field are counted and skipped."""
+    from datasets import load_dataset
+
+    dataset = load_dataset(text_source.spec.package, split=text_source.split)
+    source.version = f"{text_source.split}@{getattr(dataset, '_fingerprint', 'unknown')}"
+    source.details.update(
+        {"split": text_source.split, "num_rows": dataset.num_rows, "text_field": text_source.text_field}
+    )
+    for number, row in enumerate(dataset):
+        if limit_files is not None and number >= limit_files:
+            break
+        source.stats["files_read"] += 1  # rows, for a dataset
+        text = row.get(text_source.text_field)
+        if not isinstance(text, str) or not text.strip():
+            source.stats["unparsable_row"] += 1
+            continue
+        title = row.get(text_source.title_field)
+        source.stats["documents"] += 1
+        yield Document(
+            doc_id=f"{source.name}:{number}",
+            title=title if isinstance(title, str) else "",
+            sections=[("", text)],
+        )
 
 
 def read_documents(
@@ -296,9 +340,14 @@ def build_text(
             source_entries.append(json.loads(done.read_text()))
             continue
         source_started = time.perf_counter()
-        source = resolve(spec, cache)
+        if spec.kind == "hf":
+            source = Source(spec, Path("."), version=spec.version, uri=f"hf:{spec.package}")
+            documents = hf_documents(text_source, source, limit_files)
+        else:
+            source = resolve(spec, cache)
+            documents = read_documents(text_source, source, limit_files, show_progress)
         found = []
-        for document in read_documents(text_source, source, limit_files, show_progress):
+        for document in documents:
             if kind == "neighbors":
                 pairs = (
                     ("neighbors", x, y) for x, y in chunk_pairs(document, chunk_tokens, min_chunk_tokens)

@@ -149,3 +149,35 @@ def test_build_text_from_a_folder(tmp_path: Path, cache) -> None:
     with gzip.open(tmp_path / "data" / "text-neighbors" / "train.jsonl.gz", "rt") as handle:
         record = json.loads(handle.readline())
     assert len(record["x"].split()) == 64 and record["kind"] == "neighbors"
+
+
+def test_build_search_from_a_local_hugging_face_dataset(tmp_path: Path) -> None:
+    from pairdata.cli import main
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    rows = [
+        {"title": f"Lighthouse number {n}", "text": "The keeper trimmed the wick at dusk. " * 10 + str(n)}
+        for n in range(6)
+    ]
+    rows.append({"title": "empty", "text": None})
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    argv = [
+        "build",
+        "search",
+        f"--hf-dataset={folder}",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--no-benchmark-check",
+        "--quiet",
+        "--near-threshold",
+        "1.0",
+        "--fractions",
+        "train=1.0",
+    ]
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "data" / "text-search" / "manifest.json").read_text())
+    assert manifest["counts"]["splits"] == {"train": 6}
+    assert manifest["sources"][0]["stats"]["unparsable_row"] == 1
+    with gzip.open(tmp_path / "data" / "text-search" / "train.jsonl.gz", "rt") as handle:
+        assert json.loads(handle.readline())["x"].startswith("Lighthouse number")
