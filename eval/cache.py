@@ -1,8 +1,9 @@
 """The encoding step every benchmark goes through: de-duplication and the optional embedding cache.
 
-Embeddings are cached per (model, dataset): one ``.npy`` per (source fingerprint, role, texts
-digest) under ``<cache_dir>/<model>/``. The key covers the model files, its settings (sequence
-length, precision, prompts) and the exact texts, so a stale entry cannot be returned.
+Embeddings are cached per (model, dataset): one ``.npy`` per (source fingerprint, role, set of
+texts) under ``<cache_dir>/<model>/``. The key covers the model files, its settings (sequence
+length, precision, prompts) and the exact texts, so a stale entry cannot be returned; it ignores
+the order of the texts and the caller's label, so mteb's run of the same data hits our entries.
 """
 
 from __future__ import annotations
@@ -40,17 +41,18 @@ class Encoder:
         self.model_name = model_name
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
 
-    def _path(self, dataset: str, role: str, texts: Sequence[str]) -> Path:
+    def _path(self, role: str, unique_sorted: Sequence[str]) -> Path:
         assert self.cache_dir is not None
-        key = hashlib.sha256(f"{self.source.fingerprint()}|{role}|{texts_digest(texts)}".encode()).hexdigest()
-        return self.cache_dir / _slug(self.model_name) / f"{_slug(dataset)}-{role}-{key[:20]}.npy"
+        digest = texts_digest(unique_sorted)
+        key = hashlib.sha256(f"{self.source.fingerprint()}|{role}|{digest}".encode()).hexdigest()
+        return self.cache_dir / _slug(self.model_name) / f"{role}-{len(unique_sorted)}-{key[:24]}.npy"
 
     def encode(self, texts: Sequence[str], role: str, dataset: str) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings of ``texts`` (row i for ``texts[i]``)."""
-        unique = list(dict.fromkeys(texts))
+        unique = sorted(set(texts))  # sorted: the cache key must not depend on the callers' order
         position = {text: i for i, text in enumerate(unique)}
         vectors = None
-        path = self._path(dataset, role, unique) if self.cache_dir else None
+        path = self._path(role, unique) if self.cache_dir else None
         if path is not None and path.is_file():
             vectors = np.load(path)
             if vectors.shape[0] != len(unique):
