@@ -2,9 +2,10 @@
 
 CodeSearchNet split by repository so that no project's code is seen in training and test; here a
 group is whatever the source names (a Debian package's top-level directory, an npm package's
-folder, a document). Groups are visited in a seeded hash order and each goes to the split that is
-furthest below its target share of items, so the result is deterministic and close to the target
-fractions even when a few groups are large.
+folder, a site-packages distribution, a document). Groups are visited in a seeded hash order and
+each goes to the split with the most room left (target item count minus items already there), so
+the result is deterministic, a large group lands where it fits (usually train), and the shares
+stay close to the targets even when a few groups hold thousands of items.
 """
 
 from __future__ import annotations
@@ -45,12 +46,10 @@ def assign_splits(
     filled = dict.fromkeys(fractions, 0)
     assignment: dict[str, str] = {}
     order = sorted(group_sizes, key=lambda group: (stable_hash(f"{seed}\x1f{group}"), group))
+    splits = [split for split in fractions if fractions[split] > 0]
     for group in order:
-        # the split furthest below its target, relative to the target (ties: the listed order)
-        split = max(
-            (split for split in fractions if fractions[split] > 0),
-            key=lambda split: (targets[split] - filled[split]) / targets[split] if targets[split] else -1.0,
-        )
+        # the split with the most room left in items (ties: the listed order)
+        split = max(splits, key=lambda split: targets[split] - filled[split])
         assignment[group] = split
         filled[split] += group_sizes[group]
     return assignment

@@ -150,9 +150,19 @@ def language_info(language: str) -> LanguageInfo:
     return LanguageInfo(language, EXTENSIONS[language], spec.excluded_names, spec.dunder_excluded)
 
 
+NPM_BUNDLE_DIRS = ("build", "dist", "min", "amd", "cjs", "umd")
+"""Folders of generated bundles in npm packages: copies of ``src/`` that would fill one split group."""
+
+
 def _npm(package: str, version: str) -> SourceSpec:
     return SourceSpec(
-        name=f"npm-{package}", kind="npm", package=package, version=version, subpath="package", group_depth=2
+        name=f"npm-{package}",
+        kind="npm",
+        package=package,
+        version=version,
+        subpath="package",
+        group_depth=2,
+        exclude=NPM_BUNDLE_DIRS,
     )
 
 
