@@ -40,9 +40,9 @@ class BeirDataset:
     missing_qrel_queries: int = 0  # qrels query ids with no query text
 
     def document_text(self, doc_id: str) -> str:
-        """Title and text joined by a space (BEIR's and MTEB's convention)."""
+        """Title and text joined by a space, exactly as MTEB joins them (BEIR's convention)."""
         doc = self.corpus[doc_id]
-        return f"{doc['title']} {doc['text']}".strip() if doc["title"] else doc["text"].strip()
+        return f"{doc['title']} {doc['text']}".strip() if doc["title"] else doc["text"]
 
 
 def _find(folder: Path, stem: str) -> Path:

@@ -1,0 +1,66 @@
+"""CodeSearchNet MRR: hand-computed ranks, grouping into 1,000s, file layouts and bad records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.benchmarks import Context
+from eval.benchmarks.codesearchnet import CodeSearchNetBenchmark, group_mrr
+from pairdata.errors import DataFormatError
+
+
+def test_group_mrr_counts_ties_against_the_true_code() -> None:
+    texts = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    codes = np.array([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8]])
+    # text 0: true 1.0 ties with code 1 -> rank 2; text 1: true 0.0, codes 0 (0.0) and 2 (0.8) -> rank 3;
+    # text 2: true 0.6 below codes 0 and 1 (1.0) -> rank 3
+    assert group_mrr(texts, codes) == pytest.approx([1 / 2, 1 / 3, 1 / 3])
+
+
+class _LengthSource:
+    """A dense stand-in: ``"t<i>"`` maps to the one-hot of i mod 50, so each docstring finds its code."""
+
+    def fingerprint(self) -> str:
+        return "length"
+
+    def encode(self, texts, role):
+        vectors = np.zeros((len(texts), 50), dtype=np.float32)
+        vectors[np.arange(len(texts)), [int(t[1:]) % 50 for t in texts]] = 1.0
+        return vectors
+
+
+def _write(path: Path, n: int) -> None:
+    path.parent.mkdir(parents=True)
+    rows = [{"docstring_tokens": [f"t{i}"], "code_tokens": [f"t{i}"]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_groups_of_group_size_drop_the_partial_tail(tmp_path: Path) -> None:
+    _write(tmp_path / "code-python" / "test.jsonl", 130)
+    bench = CodeSearchNetBenchmark(str(tmp_path), languages=["python"], group_size=50)
+    output = bench.run(Context.for_source(_LengthSource(), "length", None, False))
+    assert output.details["python"] == {"pairs": 130, "queries": 100, "groups": 2, "distractors": 49}
+    assert output.scores[0].key == "codesearchnet/python/mrr"
+    assert output.scores[0].value == pytest.approx(100.0)
+    # Fewer pairs than one group: all 130 are ranked together, and t<i> ties with t<i+50>.
+    whole = CodeSearchNetBenchmark(str(tmp_path), languages=["python"], group_size=1000)
+    output = whole.run(Context.for_source(_LengthSource(), "length", None, False))
+    assert output.details["python"]["distractors"] == 129
+    assert output.scores[0].value < 100.0
+
+
+def test_missing_language_and_bad_record_are_clear_errors(tmp_path: Path) -> None:
+    bench = CodeSearchNetBenchmark(str(tmp_path), languages=["go"])
+    with pytest.raises(DataFormatError, match="no test file for go"):
+        bench.files("go")
+    path = tmp_path / "go" / "test.jsonl"
+    path.parent.mkdir()
+    path.write_text(
+        '{"docstring_tokens": ["a"], "code_tokens": ["b"]}\n{"docstring_tokens": [], "code_tokens": ["b"]}\n'
+    )
+    with pytest.raises(DataFormatError, match=r"test\.jsonl:2: field 'docstring_tokens'"):
+        bench.load("go")
