@@ -80,9 +80,7 @@ class DecoderEmbedder(nn.Module):
         hidden_size = backbone.config.hidden_size
         self.hidden_size = hidden_size
         self.projection = nn.Linear(hidden_size, projection_dim, bias=False) if projection_dim else None
-        self.log_scale = nn.Parameter(
-            torch.tensor(-math.log(init_temperature)), requires_grad=learn_temperature
-        )
+        self.log_scale = nn.Parameter(torch.tensor(-math.log(init_temperature)), requires_grad=learn_temperature)
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -144,9 +142,7 @@ class DecoderEmbedder(nn.Module):
         """``exp(log_scale)`` clamped so the temperature never drops below ``min_temperature``."""
         return self.log_scale.clamp(max=-math.log(self.min_temperature)).exp()
 
-    def tokenize(
-        self, texts: Sequence[str], side: str | Sequence[str], max_length: int
-    ) -> dict[str, torch.Tensor]:
+    def tokenize(self, texts: Sequence[str], side: str | Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
         """Delimit, truncate and pad texts of one side, or of one side per text."""
         names = [side] * len(texts) if isinstance(side, str) else list(side)
         for name in set(names):
@@ -154,9 +150,7 @@ class DecoderEmbedder(nn.Module):
         rows = [self.sides[name] for name in names]
         return encode_delimited(self.tokenizer, texts, rows, max_length, self.padding_side)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str | Sequence[str]
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str | Sequence[str]) -> torch.Tensor:
         """Embed delimited, padded inputs from :meth:`tokenize`.
 
         Both towers' inputs can go through one call (one pass of a shared backbone, and one

@@ -42,9 +42,7 @@ def encode_delimited(
     if len(sides) != len(texts):
         raise ValueError(f"got {len(sides)} sides for {len(texts)} texts")
     delimiters = {s.name: _delimiter_ids(tokenizer, s) for s in sides}
-    body = tokenizer(
-        list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 2
-    )["input_ids"]
+    body = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 2)["input_ids"]
     rows = []
     for ids, row_side in zip(body, sides, strict=True):
         open_id, close_id = delimiters[row_side.name]
@@ -64,7 +62,9 @@ def _delimiter_ids(tokenizer: PreTrainedTokenizerBase, side: Side) -> tuple[int,
     vocab = tokenizer.get_vocab()
     missing = [token for token in (side.open_token, side.close_token) if token not in vocab]
     if missing:
-        raise ValueError(f"side {side.name!r}: delimiters {missing} are not in the tokenizer; was it built with this tower?")
+        raise ValueError(
+            f"side {side.name!r}: delimiters {missing} are not in the tokenizer; was it built with this tower?"
+        )
     return vocab[side.open_token], vocab[side.close_token]
 
 

@@ -12,9 +12,7 @@ from pairdata.pairs import Pair
 from pairdata.senteval import read_mrpc, read_sts_benchmark
 
 
-def senteval_paraphrase_pairs(
-    data_root: str, stsb_min_score: float = 4.0, include_mrpc: bool = True
-) -> list[Pair]:
+def senteval_paraphrase_pairs(data_root: str, stsb_min_score: float = 4.0, include_mrpc: bool = True) -> list[Pair]:
     """Paraphrase pairs from STS-B train (score >= ``stsb_min_score``) and MRPC train positives.
 
     Args:

@@ -81,6 +81,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             cfg.model, sides=OmegaConf.to_container(tower.sides), shared_weights=tower.shared_weights
         )
     pairs: Sequence[Pair] = hydra.utils.instantiate(cfg.data)
+    pairs, val_pairs = split_validation(pairs, settings.val_pairs, cfg.seed)
     global_batch = settings.batch_size * world * settings.grad_accum_steps
     batcher = StepBatcher(pairs, global_batch, cfg.seed)
 
@@ -110,11 +111,26 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if accelerator.is_main_process:
         logger.info(
             "training %s on %d pairs: %d steps x %d pairs (%d processes), %d negatives per item",
-            cfg.name, len(pairs), settings.steps, global_batch, world, settings.batch_size * world - 1,
+            cfg.name,
+            len(pairs),
+            settings.steps,
+            global_batch,
+            world,
+            settings.batch_size * world - 1,
         )
+
+    def validate(step: int) -> dict[str, float]:
+        if not val_pairs:
+            return {}
+        scores = validation_metrics(embedder, val_pairs, (x_side, y_side), settings.max_length, settings.batch_size)
+        if accelerator.is_main_process:
+            metrics_file.write({"step": step, **scores})
+            accelerator.log({f"val/{key.removeprefix('val_')}": value for key, value in scores.items()}, step=step)
+        return scores
 
     progress = tqdm(total=settings.steps, desc="train", disable=not accelerator.is_local_main_process)
     record: dict[str, Any] = {}
+    first_validation = validate(0)
     checkpoint = None
     model.train()
     for step in range(settings.steps):
@@ -169,6 +185,8 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             accelerator.log({f"train/{key}": value for key, value in record.items() if key != "step"}, step=step + 1)
         progress.set_postfix(loss=f"{loss:.3f}", acc=f"{record['accuracy']:.2f}", T=f"{record['temperature']:.3f}")
         progress.update()
+        if settings.eval_every and (step + 1) % settings.eval_every == 0 and step + 1 != settings.steps:
+            validate(step + 1)
         periodic = settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0
         if periodic or step + 1 == settings.steps:
             accelerator.wait_for_everyone()
@@ -179,10 +197,49 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 )
             accelerator.wait_for_everyone()
     progress.close()
+    last_validation = validate(settings.steps)
+    if accelerator.is_main_process and val_pairs:
+        logger.info(
+            "held-out %d pairs: loss %.4f -> %.4f, in-batch accuracy %.3f -> %.3f",
+            len(val_pairs),
+            first_validation["val_loss"],
+            last_validation["val_loss"],
+            first_validation["val_accuracy"],
+            last_validation["val_accuracy"],
+        )
     accelerator.end_training()
     if world > 1:
         time.sleep(1.0)  # gloo's process-group teardown can hang at exit without a pause (torch 2.13)
-    return {"metrics": record, "checkpoint": str(checkpoint) if checkpoint else None, "output_dir": str(output_dir)}
+    return {
+        "metrics": record,
+        "validation": {"start": first_validation, "end": last_validation},
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "output_dir": str(output_dir),
+    }
+
+
+def split_validation(pairs: Sequence[Pair], count: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Hold out ``count`` pairs (chosen with ``seed``) for validation; the rest is for training."""
+    if count <= 0:
+        return list(pairs), []
+    if count >= len(pairs):
+        raise ValueError(f"trainer.val_pairs={count} leaves no training pairs (the data has {len(pairs)})")
+    import numpy as np
+
+    held = set(np.random.default_rng([seed, 7919]).choice(len(pairs), size=count, replace=False).tolist())
+    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
+
+
+@torch.no_grad()
+def validation_metrics(
+    embedder: Any, pairs: Sequence[Pair], sides: tuple[str, str], max_length: int, batch_size: int
+) -> dict[str, float]:
+    """Loss and top-1 accuracy over the held-out pairs as ONE batch (every other pair a negative),
+    so values are comparable across steps; run identically on every process."""
+    x = embedder.encode([p.x for p in pairs], sides[0], batch_size=batch_size, max_length=max_length)
+    y = embedder.encode([p.y for p in pairs], sides[1], batch_size=batch_size, max_length=max_length)
+    out = symmetric_info_nce(x, y, embedder.logit_scale().detach().float().cpu())
+    return {"val_loss": out["contrastive_loss"].item(), "val_accuracy": out["accuracy"].item()}
 
 
 class _nullcontext:

@@ -29,6 +29,8 @@ class TrainerSettings:
     keep_checkpoints: int = 2
     log_every: int = 1
     train_top_layers: int | None = None
+    val_pairs: int = 0
+    eval_every: int = 0
     temperature_lr: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 

@@ -77,7 +77,9 @@ def test_bad_sides_and_temperatures_are_named() -> None:
     with pytest.raises(ValueError, match="side 'query': close_token"):
         parse_sides({"query": {"open_token": "<q>"}})
     with pytest.raises(ValueError, match="already used"):
-        parse_sides({"a": {"open_token": "<x>", "close_token": "<y>"}, "b": {"open_token": "<x>", "close_token": "<z>"}})
+        parse_sides(
+            {"a": {"open_token": "<x>", "close_token": "<y>"}, "b": {"open_token": "<x>", "close_token": "<z>"}}
+        )
     with pytest.raises(ValueError, match="min_temperature"):
         DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, init_temperature=0.01, min_temperature=0.05)
 
@@ -94,14 +96,39 @@ def test_missing_model_path_is_named(tmp_path) -> None:
     "config",
     [
         {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128},
-        {"model_type": "qwen3", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8},
-        {"model_type": "gemma3_text", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8},
-        {"model_type": "gpt_neox", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4},
-        {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2},
+        {
+            "model_type": "qwen3",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+        },
+        {
+            "model_type": "gemma3_text",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+        },
+        {
+            "model_type": "gpt_neox",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        },
+        {
+            "model_type": "qwen2",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
     ],
     ids=lambda config: config["model_type"],
 )

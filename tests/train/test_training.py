@@ -28,6 +28,7 @@ def tiny_overrides(tmp_path: Path, pairs: int = 16, steps: int = 3, extra: tuple
     data = write_pairs(tmp_path / "pairs.jsonl", pairs)
     return [
         "model=tiny-random",
+        "trainer=tiny",
         "logging=none",
         "data=jsonl",
         f"data.path={data}",
@@ -59,8 +60,12 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path) ->
     from models import DecoderEmbedder
 
     cfg = compose_train_config(
-        tiny_overrides(tmp_path, pairs=16, steps=30, extra=("trainer.lr=3e-3", "trainer.warmup_steps=0",
-                                                           "trainer.temperature_lr=1e-2")),
+        tiny_overrides(
+            tmp_path,
+            pairs=16,
+            steps=30,
+            extra=("trainer.lr=3e-3", "trainer.warmup_steps=0", "trainer.temperature_lr=1e-2"),
+        ),
         tmp_path,
     )
     result = train(cfg, tmp_path / "run")
@@ -81,6 +86,19 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path) ->
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))
 
 
+def test_held_out_pairs_are_validated_at_start_and_end(tmp_path) -> None:
+    cfg = compose_train_config(
+        tiny_overrides(
+            tmp_path, pairs=24, steps=4, extra=("trainer.val_pairs=8", "trainer.eval_every=2", "trainer.batch_size=8")
+        ),
+        tmp_path,
+    )
+    result = train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [0, 2, 4]
+    assert result["validation"]["start"]["val_loss"] != result["validation"]["end"]["val_loss"]
+
+
 def test_periodic_checkpoints_keep_only_the_newest(tmp_path) -> None:
     cfg = compose_train_config(
         tiny_overrides(tmp_path, pairs=8, steps=5, extra=("trainer.checkpoint_every=1", "trainer.keep_checkpoints=2")),
@@ -93,8 +111,9 @@ def test_periodic_checkpoints_keep_only_the_newest(tmp_path) -> None:
 
 def test_accumulation_and_top_layers_run(tmp_path) -> None:
     cfg = compose_train_config(
-        tiny_overrides(tmp_path, pairs=8, steps=2, extra=("trainer.grad_accum_steps=2", "trainer.train_top_layers=1",
-                                                          "tower=code")),
+        tiny_overrides(
+            tmp_path, pairs=8, steps=2, extra=("trainer.grad_accum_steps=2", "trainer.train_top_layers=1", "tower=code")
+        ),
         tmp_path,
     )
     cfg.trainer.batch_size = 4
@@ -123,7 +142,9 @@ def test_unknown_trainer_option_is_named(tmp_path) -> None:
 def test_malformed_data_line_is_named(tmp_path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"x": "a", "y": "b"}\n{"x": "a", "y": \n')
-    cfg = compose_train_config(["model=tiny-random", "logging=none", "data=jsonl", f"data.path={bad}"], tmp_path)
+    cfg = compose_train_config(
+        ["model=tiny-random", "trainer=tiny", "logging=none", "data=jsonl", f"data.path={bad}"], tmp_path
+    )
     with pytest.raises(Exception) as caught:
         train(cfg, tmp_path / "run")
     error = caught.value
