@@ -16,9 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def write_beir(
-    folder: Path, corpus: list[dict], queries: list[dict], qrels: list[tuple[str, str, int]]
-) -> Path:
+def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: list[tuple[str, str, int]]) -> Path:
     """Write a BEIR-layout folder (gzipped corpus, plain queries) and return it."""
     (folder / "qrels").mkdir(parents=True)
     with gzip.open(folder / "corpus.jsonl.gz", "wt", encoding="utf-8") as handle:

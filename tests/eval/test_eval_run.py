@@ -110,9 +110,7 @@ def test_cli_exits_non_zero_on_a_miss_only_with_check(tiny_beir: Path, tmp_path:
         "show_progress=false",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    checked = subprocess.run(
-        [*base, "check=true", f"output_dir={tmp_path / 'a'}"], capture_output=True, env=env
-    )
+    checked = subprocess.run([*base, "check=true", f"output_dir={tmp_path / 'a'}"], capture_output=True, env=env)
     assert checked.returncode == 1, checked.stderr.decode()[-2000:]
     unchecked = subprocess.run([*base, f"output_dir={tmp_path / 'b'}"], capture_output=True, env=env)
     assert unchecked.returncode == 0, unchecked.stderr.decode()[-2000:]
