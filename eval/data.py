@@ -49,9 +49,7 @@ def _find(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.jsonl", folder / f"{stem}.jsonl.gz"):
         if candidate.is_file():
             return candidate
-    raise DataFormatError(
-        folder / f"{stem}.jsonl", f"file not found (nor {stem}.jsonl.gz) in the BEIR folder"
-    )
+    raise DataFormatError(folder / f"{stem}.jsonl", f"file not found (nor {stem}.jsonl.gz) in the BEIR folder")
 
 
 def _read_texts(path: Path, need_title: bool) -> dict[str, dict[str, str]]:
@@ -128,9 +126,7 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
     queries = {qid: all_queries[qid]["text"] for qid in qrels if qid in all_queries}
     missing_queries = len(qrels) - len(queries)
     if missing_queries:
-        logger.warning(
-            "%s: %d query ids in qrels have no query text; they are skipped", qrels_path, missing_queries
-        )
+        logger.warning("%s: %d query ids in qrels have no query text; they are skipped", qrels_path, missing_queries)
         qrels = {qid: docs for qid, docs in qrels.items() if qid in queries}
     missing_docs = sum(1 for docs in qrels.values() for doc_id in docs if doc_id not in corpus)
     if missing_docs:

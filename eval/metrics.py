@@ -67,10 +67,7 @@ def retrieval_scores(
         else:
             key = f"{_PYTREC_NAMES[name]}_{depth}"
             per_query[metric] = {qid: values[key] for qid, values in per_query_trec.items()}
-    means = {
-        metric: float(np.mean(list(values.values()))) if values else 0.0
-        for metric, values in per_query.items()
-    }
+    means = {metric: float(np.mean(list(values.values()))) if values else 0.0 for metric, values in per_query.items()}
     return means, per_query
 
 

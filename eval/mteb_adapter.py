@@ -56,9 +56,7 @@ def source_encoder(encoder: Encoder, name: str) -> Any:
                 }
             )
 
-        def encode(
-            self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs
-        ) -> np.ndarray:
+        def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
             texts = [text for batch in inputs for text in batch["text"]]
             kind = getattr(prompt_type, "value", prompt_type)
             role = kind if kind in ("query", "document") else "symmetric"
@@ -67,9 +65,7 @@ def source_encoder(encoder: Encoder, name: str) -> Any:
     return SourceEncoder()
 
 
-def local_retrieval_task(
-    data: BeirDataset, ignore_identical_ids: bool = True, k_values: Sequence[int] = ()
-) -> Any:
+def local_retrieval_task(data: BeirDataset, ignore_identical_ids: bool = True, k_values: Sequence[int] = ()) -> Any:
     """An mteb retrieval task (main score nDCG@10) over an already loaded BEIR dataset."""
     from datasets import Dataset
     from mteb.abstasks.retrieval import AbsTaskRetrieval
@@ -79,10 +75,7 @@ def local_retrieval_task(
     split = RetrievalSplitData(
         queries=Dataset.from_list([{"id": qid, "text": text} for qid, text in data.queries.items()]),
         corpus=Dataset.from_list(
-            [
-                {"id": doc_id, "text": doc["text"], "title": doc["title"]}
-                for doc_id, doc in data.corpus.items()
-            ]
+            [{"id": doc_id, "text": doc["text"], "title": doc["title"]} for doc_id, doc in data.corpus.items()]
         ),
         relevant_docs={qid: dict(docs) for qid, docs in data.qrels.items()},
         top_ranked=None,
@@ -109,9 +102,7 @@ def local_retrieval_task(
     return task
 
 
-def local_sts_task(
-    name: str, triples: Sequence[tuple[str, str, float]], min_score: float, max_score: float
-) -> Any:
+def local_sts_task(name: str, triples: Sequence[tuple[str, str, float]], min_score: float, max_score: float) -> Any:
     """An mteb STS task (main score cosine Spearman) over ``(sentence1, sentence2, score)`` triples."""
     from datasets import Dataset, DatasetDict
     from mteb.abstasks.sts import AbsTaskSTS

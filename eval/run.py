@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from eval.benchmarks import Context
     from eval.data import sha256_file
-    from eval.report import compare, git_commit, markdown_table, write_results
+    from eval.report import compare, git_commit, markdown_table, write_plot, write_results
 
     started = time.time()
     _seed_everything(cfg.seed, cfg.get("torch_threads"))
@@ -75,9 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.reference_model is not None:
         references = cfg.references.get(cfg.reference_model)
         if references is None:
-            logger.warning(
-                "no references for %r in configs/references; nothing is checked", cfg.reference_model
-            )
+            logger.warning("no references for %r in configs/references; nothing is checked", cfg.reference_model)
         else:
             references = OmegaConf.to_container(references, resolve=True)
     rows = compare(output.scores, references)
@@ -99,6 +97,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     output_dir = Path(cfg.output_dir)
     json_path, md_path = write_results(output_dir, record, rows)
+    if cfg.plot:
+        write_plot(output_dir / "results.png", rows, f"{benchmark.name}: {model_name}")
     print(markdown_table(rows))
     print(f"\nresults: {json_path} and {md_path}")
     checked = [row for row in rows if row.passed is not None]

@@ -46,9 +46,7 @@ def exact_search(
     starts = range(0, len(query_ids), chunk_size)
     for start in tqdm(starts, desc="search", disable=not show_progress):
         ids = query_ids[start : start + chunk_size]
-        queries = torch.from_numpy(
-            np.ascontiguousarray(query_vectors[start : start + len(ids)], dtype=np.float32)
-        )
+        queries = torch.from_numpy(np.ascontiguousarray(query_vectors[start : start + len(ids)], dtype=np.float32))
         scores = queries @ docs.T  # (C, N)
         if ignore_identical_ids:
             for row, query_id in enumerate(ids):

@@ -88,9 +88,7 @@ def resolve_path(path: str) -> Path:
     module, _, sub = path[len("pkg:") :].partition("/")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"{path}: package {module!r} is not installed (pip install it, or pass a folder)"
-        )
+        raise FileNotFoundError(f"{path}: package {module!r} is not installed (pip install it, or pass a folder)")
     return Path(next(iter(spec.submodule_search_locations))) / sub
 
 
@@ -238,9 +236,7 @@ class CheckpointSource:
     def fingerprint(self) -> str:
         files = sorted(p for p in self.checkpoint_dir.iterdir() if p.is_file())
         stamp = ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
-        return (
-            f"ckpt|{self.checkpoint_dir.resolve()}|{stamp}|len={self.max_length}|{sorted(self.sides.items())}"
-        )
+        return f"ckpt|{self.checkpoint_dir.resolve()}|{stamp}|len={self.max_length}|{sorted(self.sides.items())}"
 
     def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
         import torch
@@ -297,9 +293,7 @@ class OpenAISource:
         client: Any = None,
     ) -> None:
         if not 1 <= batch_size <= self.MAX_ITEMS:
-            raise ValueError(
-                f"batch_size={batch_size} must be in [1, {self.MAX_ITEMS}] (the API's item limit)"
-            )
+            raise ValueError(f"batch_size={batch_size} must be in [1, {self.MAX_ITEMS}] (the API's item limit)")
         if dimensions is not None and dimensions < 1:
             raise ValueError(f"dimensions={dimensions} must be >= 1 or null")
         for role in role_models or {}:
@@ -343,9 +337,7 @@ class OpenAISource:
         current: list[int] = []
         chars = 0
         for index, text in enumerate(texts):
-            if current and (
-                len(current) >= self.batch_size or chars + len(text) > self.max_chars_per_request
-            ):
+            if current and (len(current) >= self.batch_size or chars + len(text) > self.max_chars_per_request):
                 batches.append(current)
                 current, chars = [], 0
             current.append(index)

@@ -36,15 +36,11 @@ class Context:
     ) -> Context:
         if isinstance(source, LexicalSource) and not isinstance(source, DenseSource):
             return cls(model_name=model_name, lexical=source, show_progress=show_progress)
-        return cls(
-            model_name=model_name, encoder=Encoder(source, model_name, cache_dir), show_progress=show_progress
-        )
+        return cls(model_name=model_name, encoder=Encoder(source, model_name, cache_dir), show_progress=show_progress)
 
     def require_dense(self, benchmark: str) -> Encoder:
         if self.encoder is None:
-            raise ValueError(
-                f"benchmark {benchmark!r} needs a dense source (embeddings); {self.model_name} is lexical"
-            )
+            raise ValueError(f"benchmark {benchmark!r} needs a dense source (embeddings); {self.model_name} is lexical")
         return self.encoder
 
 

@@ -48,9 +48,7 @@ class BeirBenchmark:
             raise ValueError("benchmark.datasets is empty; name at least one BEIR dataset or folder")
         deepest = max(int(metric.partition("@")[2] or 0) for metric in metrics)
         if top_k < deepest:
-            raise ValueError(
-                f"top_k={top_k} is below the deepest metric cut-off {deepest}; raise benchmark.top_k"
-            )
+            raise ValueError(f"top_k={top_k} is below the deepest metric cut-off {deepest}; raise benchmark.top_k")
         self.data_root = resolve_data_path(data_root)
         self.datasets = list(datasets)
         self.split = split

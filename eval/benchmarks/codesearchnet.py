@@ -130,9 +130,7 @@ class CodeSearchNetBenchmark:
             code_vectors = encoder.encode(codes[:used], "code", f"codesearchnet/{language}/code")
             reciprocal = np.concatenate(
                 [
-                    group_mrr(
-                        text_vectors[g * size : (g + 1) * size], code_vectors[g * size : (g + 1) * size]
-                    )
+                    group_mrr(text_vectors[g * size : (g + 1) * size], code_vectors[g * size : (g + 1) * size])
                     for g in range(n_groups)
                 ]
             )

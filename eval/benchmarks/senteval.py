@@ -98,8 +98,7 @@ class SentEvalBenchmark:
 
         folds = StratifiedKFold(n_splits=self.kfold, shuffle=True, random_state=self.seed)
         scores = [
-            self._classifier(c).fit(x[train], y[train]).score(x[test], y[test])
-            for train, test in folds.split(x, y)
+            self._classifier(c).fit(x[train], y[train]).score(x[test], y[test]) for train, test in folds.split(x, y)
         ]
         return round(100 * float(np.mean(scores)), 2)  # rounded as SentEval does before its argmax
 
@@ -128,8 +127,7 @@ class SentEvalBenchmark:
         """SST-2: C picked on dev by a train-only model; test accuracy of that model."""
         (x_train, y_train), (x_dev, y_dev), (x_test, y_test) = data["train"], data["dev"], data["test"]
         dev_scores = [
-            round(100 * self._classifier(c).fit(x_train, y_train).score(x_dev, y_dev), 2)
-            for c in self.inner_kfold_grid
+            round(100 * self._classifier(c).fit(x_train, y_train).score(x_dev, y_dev), 2) for c in self.inner_kfold_grid
         ]
         best = int(np.argmax(dev_scores))
         c = self.inner_kfold_grid[best]

@@ -43,3 +43,13 @@ def test_results_are_written_atomically_without_leftovers(tmp_path: Path) -> Non
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.json", "results.md"]
     write_atomic(json_path, "replaced\n")
     assert json_path.read_text() == "replaced\n"
+
+
+def test_plot_is_written_only_when_a_reference_exists(tmp_path: Path) -> None:
+    from eval.report import write_plot
+
+    rows = compare([Score("sts/STSBenchmark/spearman", 81.0, main=True)], REFS)
+    path = write_plot(tmp_path / "results.png", rows, "sts: m")
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.png"]
+    assert write_plot(tmp_path / "none.png", compare([Score("x/y/z", 1.0)], REFS), "t") is None

@@ -72,6 +72,7 @@ def test_run_end_to_end_with_bm25_writes_results(tiny_beir: Path, tmp_path: Path
     assert set(saved["data_sha256"]) == {"arguana/corpus", "arguana/queries", "arguana/qrels"}
     assert saved["config"]["source"]["_target_"] == "eval.sources.BM25Source"
     assert "git_commit" in saved and "**FAIL**" in (out / "results.md").read_text()
+    assert (out / "results.png").is_file()
 
 
 def test_dense_run_ignores_identical_ids(tiny_beir: Path, tmp_path: Path) -> None:
