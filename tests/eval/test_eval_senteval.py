@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from eval_helpers import SHARED_DATA
 
 from eval.benchmarks.senteval import SentEvalBenchmark
 

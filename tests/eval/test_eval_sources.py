@@ -119,8 +119,16 @@ def test_checkpoint_source_picks_the_tower_side_per_role(tmp_path: Path) -> None
     assert code.side_for("text") == "text" and code.side_for("symmetric") == "code"
 
 
-def test_checkpoint_source_encodes_a_real_checkpoint() -> None:
-    models = pytest.importorskip("models")
-    if not hasattr(models, "DecoderEmbedder"):
-        pytest.skip("models.DecoderEmbedder does not exist yet")
-    pytest.skip("needs a saved training checkpoint; to be written once models/ can save one")
+def test_checkpoint_source_encodes_a_saved_checkpoint_per_side(tiny_embedder, tmp_path: Path) -> None:
+    """A real (tiny, random) DecoderEmbedder checkpoint: the source returns the model's own embeddings."""
+    tiny_embedder.save_pretrained(tmp_path / "checkpoint")
+    source = CheckpointSource(str(tmp_path / "checkpoint"), batch_size=2, max_length=32, show_progress=False)
+    texts = ["what is a cat", "a cat is a small feline", "rockets reach orbit"]
+    queries, docs = source.encode(texts, "query"), source.encode(texts, "document")
+    assert queries.shape == docs.shape == (3, tiny_embedder.embedding_dim) and queries.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, rtol=1e-5)
+    expected = tiny_embedder.encode(texts, "doc", max_length=32).numpy()
+    np.testing.assert_allclose(docs, expected, atol=1e-5)
+    assert not np.allclose(queries, docs)  # different delimiters per side
+    with pytest.raises(ValueError, match="source.sides.symmetric"):
+        source.encode(texts, "symmetric")
