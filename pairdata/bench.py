@@ -34,9 +34,7 @@ def rows(data_dir: str | Path) -> list[dict]:
                 "pairs": pairs,
                 "extract_s": timing["extract_seconds"],
                 "build_s": timing["build_seconds"],
-                "files_per_s": timing["files_read"] / timing["extract_seconds"]
-                if timing["extract_seconds"]
-                else 0.0,
+                "files_per_s": timing["files_read"] / timing["extract_seconds"] if timing["extract_seconds"] else 0.0,
                 "pairs_per_s": pairs / timing["build_seconds"] if timing["build_seconds"] else 0.0,
             }
         )

@@ -44,9 +44,7 @@ def _fractions(text: str) -> dict[str, float]:
         pairs = [item.split("=") for item in text.split(",")]
         return {name.strip(): float(value) for name, value in pairs}
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected e.g. train=0.8,valid=0.1,test=0.1, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected e.g. train=0.8,valid=0.1,test=0.1, got {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -87,9 +85,7 @@ def parser() -> argparse.ArgumentParser:
         "default 0 with several sources, 1 with one)",
     )
     build.add_argument("--data-dir", type=Path, default=default_data_dir())
-    build.add_argument(
-        "--cache-dir", type=Path, default=Path(os.environ.get("CPT_SOURCE_CACHE", DEFAULT_CACHE_DIR))
-    )
+    build.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("CPT_SOURCE_CACHE", DEFAULT_CACHE_DIR)))
     build.add_argument(
         "--benchmark-dir",
         type=Path,
@@ -195,9 +191,7 @@ def run_build(args: argparse.Namespace, command: str) -> list[dict]:
         for language in languages:
             specs = _user_specs(args.source, args.group_depth) if args.source else None
             name = args.name or (
-                f"code-{language}-{Path(args.source[0]).resolve().name}"
-                if args.source
-                else f"code-{language}"
+                f"code-{language}-{Path(args.source[0]).resolve().name}" if args.source else f"code-{language}"
             )
             if is_complete(data_dir, name) and not args.force:
                 log.info("%s is complete in %s (use --force to rebuild)", name, data_dir)
@@ -235,9 +229,7 @@ def run_build(args: argparse.Namespace, command: str) -> list[dict]:
                 manifests.append(read_manifest(data_dir, name))
                 continue
             if text_index is None:
-                text_index = _with_code_test_splits(
-                    index if index is not None else _benchmark_index(args), data_dir
-                )
+                text_index = _with_code_test_splits(index if index is not None else _benchmark_index(args), data_dir)
             sources = [folder_text_source(path) for path in args.source or []]
             sources += [
                 hf_text_source(name, args.hf_split, args.hf_text_field, args.hf_title_field)
@@ -271,9 +263,7 @@ def _report(manifest: dict) -> None:
     skipped = {}
     for source in manifest["sources"]:
         for key, value in source["stats"].items():
-            if key in {"unreadable", "undecodable", "unparsable", "too_large"} or key.startswith(
-                "unparsable_"
-            ):
+            if key in {"unreadable", "undecodable", "unparsable", "too_large"} or key.startswith("unparsable_"):
                 skipped[key] = skipped.get(key, 0) + value
     print(
         f"{manifest['name']}: {counts} in {manifest['timing']['build_seconds']:.0f}s; skipped files: "
@@ -284,11 +274,7 @@ def _report(manifest: dict) -> None:
 
 def run_list(data_dir: Path) -> None:
     root = data_dir.expanduser()
-    names = (
-        sorted(path.name for path in root.iterdir() if (path / "manifest.json").is_file())
-        if root.is_dir()
-        else []
-    )
+    names = sorted(path.name for path in root.iterdir() if (path / "manifest.json").is_file()) if root.is_dir() else []
     if not names:
         print(f"no datasets built in {root}")
         return

@@ -82,8 +82,7 @@ class DuplicateFilter:
                 mixed = (token_set[:, None] * self._a[None, :] + self._b[None, :]) & _MASK_61
             signature = mixed.min(axis=0)  # (num_perm,)
             bucket_keys = [
-                (band, signature[band * self.rows : (band + 1) * self.rows].tobytes())
-                for band in range(self.bands)
+                (band, signature[band * self.rows : (band + 1) * self.rows].tobytes()) for band in range(self.bands)
             ]
             candidates = {index for bucket in bucket_keys for index in self._buckets.get(bucket, ())}
             members = frozenset(token_set.tolist())

@@ -162,9 +162,7 @@ def iter_benchmark_texts(root: str | Path) -> Iterator[tuple[Path, str]]:
     """``(file, text)`` for every benchmark text under ``root`` (qrels and licences skipped)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataFormatError(
-            root, "benchmark folder not found: pass --benchmark-dir (the shared/data folder)"
-        )
+        raise DataFormatError(root, "benchmark folder not found: pass --benchmark-dir (the shared/data folder)")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if "qrels" in path.parts or _SKIP_NAMES.search(path.name):
             continue

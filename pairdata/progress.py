@@ -8,9 +8,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def progress(
-    items: Iterable[T], *, enabled: bool, desc: str, unit: str, total: int | None = None
-) -> Iterator[T]:
+def progress(items: Iterable[T], *, enabled: bool, desc: str, unit: str, total: int | None = None) -> Iterator[T]:
     """Wrap ``items`` in a tqdm bar when ``enabled``."""
     if not enabled:
         yield from items

@@ -142,9 +142,7 @@ class SourceCache:
 
     def _need_network(self, what: str) -> None:
         if self.offline:
-            raise SourceUnavailableError(
-                f"{what} is not in the cache {self.cache_dir} and --offline was given"
-            )
+            raise SourceUnavailableError(f"{what} is not in the cache {self.cache_dir} and --offline was given")
 
     def deb(self, package: str, version: str) -> dict:
         """Download ``package=version`` with ``apt-get download`` and unpack it with ``dpkg-deb -x``."""
@@ -188,8 +186,7 @@ class SourceCache:
         names = [line.strip() for line in result.stdout.splitlines() if line.strip().endswith(".tgz")]
         if result.returncode != 0 or not names:
             raise SourceUnavailableError(
-                f"npm pack {package}@{version} failed: {result.stderr.strip()[-400:]}; "
-                f"check `npm view {package}`"
+                f"npm pack {package}@{version} failed: {result.stderr.strip()[-400:]}; check `npm view {package}`"
             )
         archive = folder / names[-1]
         root = folder / archive.name.removesuffix(".tgz")
@@ -226,9 +223,7 @@ class SourceCache:
             ]
         )
         if result.returncode != 0:
-            raise SourceUnavailableError(
-                f"pip download {package}=={version} failed: {result.stderr.strip()[-400:]}"
-            )
+            raise SourceUnavailableError(f"pip download {package}=={version} failed: {result.stderr.strip()[-400:]}")
         wheels = sorted(set(folder.glob("*.whl")) - before) or sorted(
             folder.glob(f"{package.replace('-', '_')}-{version}-*.whl")
         )
@@ -303,8 +298,7 @@ def resolve(spec: SourceSpec, cache: SourceCache) -> Source:
             version = details.get("commit") or "local"
         return Source(spec, root, version, f"file:{root}", details=details)
     raise ValueError(
-        f"unknown source kind {spec.kind!r}; expected deb, npm, pip, python-stdlib, site-packages, "
-        "folder or git"
+        f"unknown source kind {spec.kind!r}; expected deb, npm, pip, python-stdlib, site-packages, folder or git"
     )
 
 

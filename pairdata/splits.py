@@ -2,10 +2,12 @@
 
 CodeSearchNet split by repository so that no project's code is seen in training and test; here a
 group is whatever the source names (a Debian package's top-level directory, an npm package's
-folder, a site-packages distribution, a document). Groups are visited in a seeded hash order and
-each goes to the split with the most room left (target item count minus items already there), so
-the result is deterministic, a large group lands where it fits (usually train), and the shares
-stay close to the targets even when a few groups hold thousands of items.
+folder, a site-packages distribution, a document). Groups are visited roughly largest first (each
+size is scaled by a seeded factor in [0.5, 1.5), so the seed changes which of similar-sized groups
+go where) and each goes to the split with the most room left (target item count minus items
+already there). Large groups thus land where they fit, usually train, and small groups fill the
+remaining room, which keeps every split close to its target share even when a few groups hold
+thousands of items.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ def assign_splits(
     targets = {split: share * total for split, share in fractions.items()}
     filled = dict.fromkeys(fractions, 0)
     assignment: dict[str, str] = {}
-    order = sorted(group_sizes, key=lambda group: (stable_hash(f"{seed}\x1f{group}"), group))
+
+    def weight(group: str) -> float:
+        jitter = stable_hash(f"{seed}\x1f{group}") / 2**64  # in [0, 1), the same in every process
+        return group_sizes[group] * (0.5 + jitter)
+
+    order = sorted(group_sizes, key=lambda group: (-weight(group), group))
     splits = [split for split in fractions if fractions[split] > 0]
     for group in order:
         # the split with the most room left in items (ties: the listed order)

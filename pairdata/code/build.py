@@ -56,9 +56,7 @@ def extract_source(
     records: list[dict] = []
     repo = source.spec.package or source.name
     files = iter_files(source, _keep_file(info), max_bytes=MAX_FILE_BYTES, limit=limit_files)
-    for relpath, content in progress(
-        files, enabled=show_progress, desc=f"{info.language}:{source.name}", unit="file"
-    ):
+    for relpath, content in progress(files, enabled=show_progress, desc=f"{info.language}:{source.name}", unit="file"):
         stats["files_read"] += 1
         try:
             functions, had_errors = info.extract(content)
@@ -227,9 +225,7 @@ def build_code(
                 "after_dedup": len(unique),
                 "leakage_dropped": dict(dropped),
                 "splits": counts,
-                "groups": {
-                    split: sum(1 for value in assignment.values() if value == split) for split in SPLITS
-                },
+                "groups": {split: sum(1 for value in assignment.values() if value == split) for split in SPLITS},
             },
             "leakage": leakage.summary() if leakage is not None else None,
             "timing": {

@@ -58,9 +58,7 @@ TREE_SITTER_SPECS = {
         language="javascript",
         module="tree_sitter_javascript",
         function="language",
-        function_types=frozenset(
-            {"function_declaration", "generator_function_declaration", "method_definition"}
-        ),
+        function_types=frozenset({"function_declaration", "generator_function_declaration", "method_definition"}),
         expression_function_types=frozenset(
             {"function_expression", "function", "arrow_function", "generator_function"}
         ),
@@ -219,10 +217,10 @@ DEFAULT_CODE_SOURCES: dict[str, list[SourceSpec]] = {
     "javascript": [
         _npm("three", "0.187.0"),
         _npm("lodash", "4.18.1"),
-        _npm("underscore", "1.13.8"),
-        _npm("moment", "2.31.0"),
         _npm("async", "3.2.6"),
-        _npm("express", "5.3.0"),
         _npm("jquery", "4.0.0"),
+        _npm("ramda", "0.32.0"),
+        _npm("axios", "1.21.1"),
+        _npm("date-fns", "4.4.0"),
     ],
 }

@@ -140,7 +140,7 @@ DEFAULT_TEXT_SOURCES: list[TextSource] = [
             group_depth=0,
         ),
         "wikipedia-xml",
-        r"^enwiki-.*\.xml(\.bz2)?$",
+        r"^enwiki-latest-pages-articles.*\.bz2$",
     ),
     TextSource(
         SourceSpec(
@@ -168,9 +168,7 @@ def folder_text_source(path: str, name: str | None = None) -> TextSource:
     )
 
 
-def hf_text_source(
-    name: str, split: str = "train", text_field: str = "text", title_field: str = "title"
-) -> TextSource:
+def hf_text_source(name: str, split: str = "train", text_field: str = "text", title_field: str = "title") -> TextSource:
     """A Hugging Face dataset (a hub name when online, or a local folder of data files) as a text source."""
     safe = name.strip("/").replace("/", "-")
     return TextSource(
@@ -215,9 +213,7 @@ def read_documents(
     """Documents of one source; unreadable or undecodable files are counted in ``source.stats``."""
     reader: Callable[[str, bytes], list[Document]] = READERS[text_source.reader]
     pattern = re.compile(text_source.pattern)
-    files = iter_files(
-        source, lambda relpath: bool(pattern.search(relpath)), max_bytes=50_000_000, limit=limit_files
-    )
+    files = iter_files(source, lambda relpath: bool(pattern.search(relpath)), max_bytes=50_000_000, limit=limit_files)
     for relpath, content in progress(files, enabled=show_progress, desc=f"text:{source.name}", unit="file"):
         source.stats["files_read"] += 1
         try:
@@ -241,9 +237,7 @@ def chunk_pairs(document: Document, chunk_tokens: int, min_chunk_tokens: int) ->
             yield first, second
 
 
-def search_pairs(
-    document: Document, max_doc_tokens: int, min_doc_tokens: int
-) -> Iterator[tuple[str, str, str]]:
+def search_pairs(document: Document, max_doc_tokens: int, min_doc_tokens: int) -> Iterator[tuple[str, str, str]]:
     """``(kind, query, doc)`` pairs of one document."""
 
     def clip(body: str) -> str:
@@ -304,9 +298,7 @@ def build_text(
     if kind not in {"neighbors", "search"}:
         raise ValueError(f"unknown text dataset kind {kind!r}; expected 'neighbors' or 'search'")
     if min_chunk_tokens > chunk_tokens:
-        raise ValueError(
-            f"min_chunk_tokens ({min_chunk_tokens}) must not exceed chunk_tokens ({chunk_tokens})"
-        )
+        raise ValueError(f"min_chunk_tokens ({min_chunk_tokens}) must not exceed chunk_tokens ({chunk_tokens})")
     started = time.perf_counter()
     name = name or f"text-{kind}"
     text_sources = list(sources) if sources is not None else DEFAULT_TEXT_SOURCES
@@ -331,11 +323,7 @@ def build_text(
             sort_keys=True,
         )
         done, data = extract_dir / f"{spec.name}.json", extract_dir / f"{spec.name}.jsonl.gz"
-        if (
-            done.is_file()
-            and data.is_file()
-            and json.loads(done.read_text()).get("fingerprint") == fingerprint
-        ):
+        if done.is_file() and data.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
             records.extend(read_jsonl_gz(data))
             source_entries.append(json.loads(done.read_text()))
             continue
@@ -349,9 +337,7 @@ def build_text(
         found = []
         for document in documents:
             if kind == "neighbors":
-                pairs = (
-                    ("neighbors", x, y) for x, y in chunk_pairs(document, chunk_tokens, min_chunk_tokens)
-                )
+                pairs = (("neighbors", x, y) for x, y in chunk_pairs(document, chunk_tokens, min_chunk_tokens))
             else:
                 pairs = search_pairs(document, max_doc_tokens, min_doc_tokens)
             for pair_kind, x, y in pairs:
@@ -404,8 +390,7 @@ def build_text(
         record["partition"] = assignment[record["doc_id"]]
         by_split[record["partition"]].append(record)
     counts = {
-        split: write_jsonl_gz(work / f"{split}.jsonl.gz", split_records)
-        for split, split_records in by_split.items()
+        split: write_jsonl_gz(work / f"{split}.jsonl.gz", split_records) for split, split_records in by_split.items()
     }
     seconds = time.perf_counter() - started
     files_read = sum(entry["stats"].get("files_read", 0) for entry in source_entries)

@@ -142,9 +142,7 @@ def read_rst(relpath: str, content: bytes) -> list[Document]:
     return [_document(relpath, sections, inline=_rst_inline)]
 
 
-def _document(
-    doc_id: str, sections: list[tuple[str, list[str]]], query: str | None = None, inline=None
-) -> Document:
+def _document(doc_id: str, sections: list[tuple[str, list[str]]], query: str | None = None, inline=None) -> Document:
     cleaned = []
     for heading, body_lines in sections:
         paragraphs = [" ".join(p.split()) for p in "\n".join(body_lines).split("\n\n")]

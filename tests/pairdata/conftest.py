@@ -182,9 +182,7 @@ def write_repos(root: Path, language: str, repos: int = 6) -> list[Path]:
 
 
 def folder_specs(folders: list[Path]) -> list[SourceSpec]:
-    return [
-        SourceSpec(name=folder.name, kind="folder", package=str(folder), group_depth=0) for folder in folders
-    ]
+    return [SourceSpec(name=folder.name, kind="folder", package=str(folder), group_depth=0) for folder in folders]
 
 
 @pytest.fixture
@@ -208,13 +206,10 @@ def benchmark_dir(tmp_path: Path) -> Path:
     with gzip.open(root / "beir" / "arguana" / "queries.jsonl.gz", "wt") as handle:
         handle.write(json.dumps({"_id": "q1", "text": BENCHMARK_QUERY}) + "\n")
     with gzip.open(root / "beir" / "arguana" / "corpus.jsonl.gz", "wt") as handle:
-        handle.write(
-            json.dumps({"_id": "d1", "title": "Stripes", "text": "Paint helps ships see towers."}) + "\n"
-        )
+        handle.write(json.dumps({"_id": "d1", "title": "Stripes", "text": "Paint helps ships see towers."}) + "\n")
     (root / "beir" / "arguana" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
     (root / "dbpedia14").mkdir()
     (root / "dbpedia14" / "dbpedia_samples.jsonl").write_text(
-        json.dumps({"text": "Morada Limited is a textile company based in Altham.", "category": "Company"})
-        + "\n"
+        json.dumps({"text": "Morada Limited is a textile company based in Altham.", "category": "Company"}) + "\n"
     )
     return root

@@ -75,10 +75,7 @@ export class Vec {
 
 
 def test_comment_separated_by_blank_line_is_not_a_docstring() -> None:
-    source = (
-        "package a\n\n// Orphan comment that is not attached here.\n\n"
-        "func F() int {\n\tx := 1\n\treturn x\n}\n"
-    )
+    source = "package a\n\n// Orphan comment that is not attached here.\n\nfunc F() int {\n\tx := 1\n\treturn x\n}\n"
     assert kept("go", source) == {}
 
 
@@ -96,9 +93,7 @@ def test_python_syntax_error_raises_for_the_builder_to_count() -> None:
 
 
 def test_clean_block_comment_and_summary() -> None:
-    text = clean_block_comment(
-        "/**\n * Returns the <b>first</b> {@link List#get element}.\n *\n * @return x\n */"
-    )
+    text = clean_block_comment("/**\n * Returns the <b>first</b> {@link List#get element}.\n *\n * @return x\n */")
     assert summary(text) == "Returns the first element."
     assert summary("Line one\ncontinues.\n:param x: no") == "Line one continues."
 

@@ -30,10 +30,7 @@ def test_splits_keep_groups_whole_and_follow_fractions() -> None:
     sizes = {f"repo{i}": 10 + (i % 7) for i in range(200)}
     assignment = assign_splits(sizes, {"train": 0.8, "valid": 0.1, "test": 0.1})
     assert set(assignment) == set(sizes)
-    totals = {
-        split: sum(sizes[g] for g, s in assignment.items() if s == split)
-        for split in ("train", "valid", "test")
-    }
+    totals = {split: sum(sizes[g] for g, s in assignment.items() if s == split) for split in ("train", "valid", "test")}
     share = {split: count / sum(sizes.values()) for split, count in totals.items()}
     assert share["train"] == pytest.approx(0.8, abs=0.02)
     assert share["test"] == pytest.approx(0.1, abs=0.02)

@@ -71,9 +71,7 @@ def test_text_build_drops_every_pair_with_benchmark_text(tmp_path: Path, cache, 
         assert sum(manifest["counts"]["splits"].values()) > 0
 
 
-def test_code_train_split_never_contains_test_split_or_benchmark_text(
-    tmp_path: Path, cache, benchmark_dir
-) -> None:
+def test_code_train_split_never_contains_test_split_or_benchmark_text(tmp_path: Path, cache, benchmark_dir) -> None:
     folders = write_repos(tmp_path / "src", "python", repos=8)
     # a function whose docstring is a benchmark sentence, copied into every repository
     leaky = f'\n\ndef harbour(n):\n    """{BENCHMARK_QUERY}."""\n    k = n * 2\n    k += 1\n    return k\n'
