@@ -50,11 +50,12 @@ def _seed_everything(seed: int, torch_threads: int | None) -> None:
             torch.set_num_threads(torch_threads)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
     """Build the source and benchmark from ``cfg``, run, compare, write results; return the record.
 
     The returned record has ``rows`` (each with reference, difference and ``passed``) and
-    ``failed``: the score keys that missed their reference.
+    ``failed``: the score keys that missed their reference. ``command`` is recorded as given (the
+    CLI passes its command line).
     """
     from hydra.utils import instantiate
 
@@ -91,7 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "data_sha256": {label: sha256_file(path) for label, path in output.data_files.items()},
         "data_files": {label: str(path) for label, path in output.data_files.items()},
         "git_commit": git_commit(_ROOT),
-        "command": " ".join(["python", "eval/run.py", *sys.argv[1:]]),
+        "command": command,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "seconds": round(time.time() - started, 1),
     }
@@ -112,7 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    record = run(cfg)
+    record = run(cfg, command=" ".join(["python", "eval/run.py", *sys.argv[1:]]))
     if cfg.check and record["failed"]:
         sys.exit(1)
 
