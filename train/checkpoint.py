@@ -1,16 +1,23 @@
-"""Writing training checkpoints atomically: a temporary folder, then one rename.
+"""Training checkpoints: written atomically, complete enough to resume bit for bit.
 
-A checkpoint is ``OUTPUT/checkpoints/step-NNNNNN/`` holding the embedder (backbone weights,
-tokenizer with delimiters, heads, ``embedder_config.json``), the resolved run config and the
-trainer state (step, samples seen). ``models.DecoderEmbedder.from_pretrained`` loads it, or the
-newest one when given the run folder.
+A checkpoint is ``OUTPUT/checkpoints/step-NNNNNN/`` holding
+
+* the embedder for inference and export (``backbone/``, ``tokenizer/`` with the delimiters,
+  ``heads.safetensors``, ``embedder_config.json``), loadable by
+  ``models.DecoderEmbedder.from_pretrained``;
+* ``training_state/`` from ``accelerate``'s ``save_state``: weights, optimizer, scheduler,
+  gradient scaler and every process's RNG states (Python, NumPy, torch, CUDA);
+* ``train_config.yaml`` (the resolved config) and ``trainer_state.json`` (step = data position,
+  samples seen, last metrics).
+
+Every process writes into ``.step-NNNNNN.tmp`` and the main process renames it when all are done,
+so an interrupted write never leaves a ``step-*`` folder that looks complete.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ from models import DecoderEmbedder
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 RUN_CONFIG = "train_config.yaml"
+TRAINING_STATE_DIR = "training_state"
 
 
 def checkpoint_name(step: int) -> str:
@@ -26,44 +34,70 @@ def checkpoint_name(step: int) -> str:
 
 
 def save_checkpoint(
-    model: DecoderEmbedder,
+    accelerator: Any,
+    embedder: DecoderEmbedder,
     output_dir: Path,
     step: int,
     trainer_state: dict[str, Any],
     run_config_yaml: str,
     keep: int,
 ) -> Path:
-    """Write checkpoint ``step`` and keep only the newest ``keep`` (``keep <= 0`` keeps all).
-
-    Call on the main process only. An interrupted write leaves only a hidden temporary folder,
-    never a ``step-*`` folder that looks complete.
-    """
+    """Write checkpoint ``step`` (call on every process) and keep the newest ``keep`` (0 = all)."""
     root = output_dir / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-    try:
-        model.save_pretrained(staging)
+    staging = root / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging / TRAINING_STATE_DIR))
+    if accelerator.is_main_process:
+        embedder.save_pretrained(staging)
         (staging / RUN_CONFIG).write_text(run_config_yaml)
         (staging / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-        if final.exists():  # re-running the same step: replace the old one
+        if final.exists():  # the same step written again: replace it
             shutil.rmtree(final)
         staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    _prune(root, keep)
+        _prune(output_dir, keep)
+    accelerator.wait_for_everyone()
     return final
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Finished checkpoints of a run, oldest first."""
-    root = output_dir / CHECKPOINTS_DIR
-    found = [path for path in root.glob("step-*") if (path / TRAINER_STATE).is_file()]
+    found = [path for path in (output_dir / CHECKPOINTS_DIR).glob("step-*") if (path / TRAINER_STATE).is_file()]
     return sorted(found, key=lambda path: int(path.name.removeprefix("step-")))
 
 
-def _prune(root: Path, keep: int) -> None:
+def find_resume_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint to continue from: ``None`` (start fresh), ``auto`` (newest, if any) or a path.
+
+    Raises:
+        FileExistsError: starting fresh in a folder that already has checkpoints.
+        FileNotFoundError: an explicit path that is not a finished checkpoint.
+    """
+    existing = list_checkpoints(output_dir)
+    if resume is None:
+        if existing:
+            raise FileExistsError(
+                f"{output_dir} already holds checkpoints (newest {existing[-1].name}): pass resume=auto to "
+                "continue that run, or start a new one elsewhere (name=... or hydra.run.dir=...)"
+            )
+        return None
+    if resume == "auto":
+        return existing[-1] if existing else None
+    path = Path(resume).expanduser()
+    if not (path / TRAINER_STATE).is_file() or not (path / TRAINING_STATE_DIR).is_dir():
+        raise FileNotFoundError(f"resume={resume}: not a finished training checkpoint (no {TRAINER_STATE})")
+    return path
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+def _prune(output_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
-    for stale in list_checkpoints(root.parent)[:-keep]:
+    for stale in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)

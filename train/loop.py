@@ -1,7 +1,8 @@
 """The training loop: batches of pairs -> embeddings -> symmetric InfoNCE -> AdamW step.
 
-Owns the order of work in a step; the model (``models``), the loss (``train.losses``), the batch
-order (``train.batching``), checkpoints and metrics live in their own modules.
+Owns the order of work in a run (setup, resume, steps, validation, checkpoints); the model
+(``models``), the loss (``train.losses``), GradCache (``train.gradcache``), the batch order
+(``train.batching``), checkpoints and metrics live in their own modules.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pairdata import Pair
 from train.batching import StepBatcher
-from train.checkpoint import save_checkpoint
+from train.checkpoint import TRAINING_STATE_DIR, find_resume_checkpoint, read_trainer_state, save_checkpoint
 from train.freezing import train_only_top_layers
+from train.gradcache import gradcache_backward
 from train.losses import symmetric_info_nce
 from train.settings import TrainerSettings
 from train.tracking import MetricsFile, tracker_settings
@@ -28,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stops rather than corrupting the weights."""
+    """The loss became NaN or infinite; training stops before the weights are touched."""
 
 
 def parameter_groups(
@@ -62,13 +65,19 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """
     import hydra
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     settings = TrainerSettings.from_config(OmegaConf.to_container(cfg.trainer, resolve=True))
     log_with, wandb_kwargs = tracker_settings(cfg.logging.backend, cfg.logging.mode)
+    resume_from = find_resume_checkpoint(output_dir, cfg.get("resume"))
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, log_with=log_with, project_dir=str(output_dir))
+    if settings.gradcache_chunk and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError(
+            "trainer.gradcache_chunk does not compose with DeepSpeed (its engine owns backward and "
+            "accumulation); use DDP or FSDP for GradCache, or set trainer.gradcache_chunk=null"
+        )
     set_seed(cfg.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     tower = cfg.tower
@@ -98,7 +107,17 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         settings.scheduler, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     embedder = accelerator.unwrap_model(model)
+
+    metrics_file = MetricsFile(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    start_step = 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / TRAINING_STATE_DIR))
+        start_step = read_trainer_state(resume_from)["step"]
+        metrics_file.truncate_after(start_step)
+        if accelerator.is_main_process:
+            logger.info("resumed from %s at step %d", resume_from, start_step)
 
     run_config = OmegaConf.to_yaml(cfg, resolve=True)
     if log_with:
@@ -107,33 +126,29 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             config=OmegaConf.to_container(cfg, resolve=True),
             init_kwargs={"wandb": {**wandb_kwargs, "name": cfg.name, "dir": str(output_dir)}},
         )
-    metrics_file = MetricsFile(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
     if accelerator.is_main_process:
         logger.info(
-            "training %s on %d pairs: %d steps x %d pairs (%d processes), %d negatives per item",
-            cfg.name,
-            len(pairs),
-            settings.steps,
-            global_batch,
-            world,
+            "training %s on %d pairs: steps %d..%d x %d pairs (%d processes), %d negatives per item",
+            cfg.name, len(pairs), start_step + 1, settings.steps, global_batch, world,
             settings.batch_size * world - 1,
-        )
+        )  # fmt: skip
 
     def validate(step: int) -> dict[str, float]:
         if not val_pairs:
             return {}
         scores = validation_metrics(embedder, val_pairs, (x_side, y_side), settings.max_length, settings.batch_size)
-        if accelerator.is_main_process:
-            metrics_file.write({"step": step, **scores})
-            accelerator.log({f"val/{key.removeprefix('val_')}": value for key, value in scores.items()}, step=step)
+        metrics_file.write({"step": step, **scores})
+        accelerator.log({f"val/{key.removeprefix('val_')}": value for key, value in scores.items()}, step=step)
         return scores
 
-    progress = tqdm(total=settings.steps, desc="train", disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=settings.steps, initial=start_step, desc="train", disable=not accelerator.is_local_main_process
+    )
     record: dict[str, Any] = {}
-    first_validation = validate(0)
-    checkpoint = None
+    checkpoint = resume_from
+    first_validation = validate(0) if start_step == 0 else {}
     model.train()
-    for step in range(settings.steps):
+    for step in range(start_step, settings.steps):
         started = time.perf_counter()
         micro_batches = batcher.local_micro_batches(step, rank, world, settings.grad_accum_steps)
         loss_sum = torch.zeros((), device=accelerator.device)
@@ -145,23 +160,33 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             batch = embedder.tokenize(texts, sides, settings.max_length)
             tokens += batch["attention_mask"].sum()
             last = index == len(micro_batches) - 1
-            with accelerator.no_sync(model) if not last else _nullcontext(), accelerator.autocast():
-                embeddings = model(
-                    batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device), sides
-                )  # (2B, D)
-                out = symmetric_info_nce(
-                    embeddings[: len(micro)], embeddings[len(micro) :], embedder.logit_scale(), rank, world
-                )
-                accelerator.backward(out["contrastive_loss"] / settings.grad_accum_steps)
+            if settings.gradcache_chunk:
+                out = gradcache_backward(
+                    model, embedder, batch, sides, len(micro), settings.gradcache_chunk,
+                    1.0 / settings.grad_accum_steps, rank, world,
+                    no_sync=lambda: accelerator.no_sync(model), autocast=accelerator.autocast, sync_last=last,
+                )  # fmt: skip
+            else:
+                with accelerator.no_sync(model) if not last else nullcontext(), accelerator.autocast():
+                    embeddings = model(
+                        batch["input_ids"].to(accelerator.device),
+                        batch["attention_mask"].to(accelerator.device),
+                        sides,
+                    )  # (2B, D)
+                    out = symmetric_info_nce(
+                        embeddings[: len(micro)], embeddings[len(micro) :], embedder.logit_scale(), rank, world
+                    )
+                    accelerator.backward(out["contrastive_loss"] / settings.grad_accum_steps)
             loss_sum += out["contrastive_loss"].detach()
             accuracy_sum += out["accuracy"]
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         loss = accelerator.reduce(loss_sum / len(micro_batches), "mean").item()
         if not math.isfinite(loss):
             raise NonFiniteLossError(
-                f"loss is {loss} at step {step + 1}; stopping before the weights are corrupted. "
+                f"loss is {loss} at step {step + 1}; stopped before the weights were updated "
+                f"(last good checkpoint: {checkpoint or 'none'}). "
                 "Lower trainer.lr, raise model.min_temperature, or check the data for empty texts."
             )
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -189,24 +214,24 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             validate(step + 1)
         periodic = settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0
         if periodic or step + 1 == settings.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                state = {"step": step + 1, "samples_seen": (step + 1) * global_batch, "metrics": record}
-                checkpoint = save_checkpoint(
-                    embedder, output_dir, step + 1, state, run_config, settings.keep_checkpoints
-                )
-            accelerator.wait_for_everyone()
+            state = {
+                "step": step + 1,
+                "samples_seen": (step + 1) * global_batch,
+                "processes": world,
+                "global_batch": global_batch,
+                "metrics": record,
+            }
+            checkpoint = save_checkpoint(
+                accelerator, embedder, output_dir, step + 1, state, run_config, settings.keep_checkpoints
+            )
     progress.close()
-    last_validation = validate(settings.steps)
-    if accelerator.is_main_process and val_pairs:
+    last_validation = validate(settings.steps) if start_step < settings.steps else {}
+    if accelerator.is_main_process and first_validation and last_validation:
         logger.info(
             "held-out %d pairs: loss %.4f -> %.4f, in-batch accuracy %.3f -> %.3f",
-            len(val_pairs),
-            first_validation["val_loss"],
-            last_validation["val_loss"],
-            first_validation["val_accuracy"],
-            last_validation["val_accuracy"],
-        )
+            len(val_pairs), first_validation["val_loss"], last_validation["val_loss"],
+            first_validation["val_accuracy"], last_validation["val_accuracy"],
+        )  # fmt: skip
     accelerator.end_training()
     if world > 1:
         time.sleep(1.0)  # gloo's process-group teardown can hang at exit without a pause (torch 2.13)
@@ -240,11 +265,3 @@ def validation_metrics(
     y = embedder.encode([p.y for p in pairs], sides[1], batch_size=batch_size, max_length=max_length)
     out = symmetric_info_nce(x, y, embedder.logit_scale().detach().float().cpu())
     return {"val_loss": out["contrastive_loss"].item(), "val_accuracy": out["accuracy"].item()}
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -30,13 +30,13 @@ class TrainerSettings:
     log_every: int = 1
     train_top_layers: int | None = None
     val_pairs: int = 0
+    gradcache_chunk: int | None = None
     eval_every: int = 0
     temperature_lr: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainerSettings:
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"unknown trainer option(s) {unknown}; valid options are {sorted(known)}")
@@ -53,5 +53,7 @@ class TrainerSettings:
             raise ValueError(f"trainer.max_length must be >= 3 (two delimiters + one token), got {self.max_length}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"trainer.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.gradcache_chunk is not None and self.gradcache_chunk < 1:
+            raise ValueError(f"trainer.gradcache_chunk must be >= 1 or null, got {self.gradcache_chunk}")
         if self.lr <= 0:
             raise ValueError(f"trainer.lr must be > 0, got {self.lr}")

@@ -39,6 +39,15 @@ class MetricsFile:
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
 
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (written by a run that died after its last checkpoint)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        temporary = self.path.with_suffix(".jsonl.tmp")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        os.replace(temporary, self.path)
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return

@@ -1,0 +1,158 @@
+"""Scale: negatives across processes, GradCache and exact resume give the same training as one plain pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO_ROOT, compose_train_config
+from tests.train.test_training import tiny_overrides, write_pairs
+from train.gradcache import RandState
+from train.loop import train
+
+ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def launch(args: list[str], processes: int, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_processes", str(processes)]  # fmt: skip
+    env = dict(ENV)
+    if processes > 1:
+        command.append("--multi_gpu")  # with ACCELERATE_USE_CPU: MULTI_CPU over gloo
+        env["ACCELERATE_USE_CPU"] = "true"
+    return subprocess.run(
+        [*command, "train/contrastive.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def final_weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / f"step-{step:06d}" / "training_state" / "model.safetensors"))
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor], atol: float) -> None:
+    assert left.keys() == right.keys()
+    for name in left:
+        torch.testing.assert_close(left[name], right[name], atol=atol, rtol=0, msg=name)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("chunk", ["null", "3"], ids=["plain", "gradcache"])
+def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, chunk: str) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", 24)
+    common = ["model=tiny-random", "trainer=tiny", "logging=none", "data=jsonl", f"data.path={data}",
+              "trainer.steps=3"]  # fmt: skip
+    one = launch([*common, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"], processes=1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(
+        [*common, "trainer.batch_size=4", f"trainer.gradcache_chunk={chunk}", f"hydra.run.dir={tmp_path / 'two'}"],
+        processes=2,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    state = json.loads((tmp_path / "two" / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
+    assert state["processes"] == 2 and state["global_batch"] == 8
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    assert_same_weights(final_weights(tmp_path / "two", 3), final_weights(tmp_path / "one", 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_gradcache_update_equals_plain_full_batch_update(tmp_path, accumulate: int) -> None:
+    runs = {}
+    for name, chunk in (("plain", "null"), ("cached", "5")):
+        extra = ("trainer.steps=2", f"trainer.gradcache_chunk={chunk}", f"trainer.grad_accum_steps={accumulate}",
+                 f"trainer.batch_size={16 // accumulate}", "trainer.temperature_lr=1e-2")  # fmt: skip
+        (tmp_path / name).mkdir()
+        cfg = compose_train_config(tiny_overrides(tmp_path / name, pairs=16, extra=extra), tmp_path / name)
+        train(cfg, tmp_path / name / "run")
+        runs[name] = tmp_path / name / "run"
+    assert losses(runs["cached"]) == pytest.approx(losses(runs["plain"]), abs=1e-6)
+    assert_same_weights(final_weights(runs["cached"], 2), final_weights(runs["plain"], 2), atol=1e-6)
+
+
+def test_rand_state_replays_dropout() -> None:
+    layer = torch.nn.Dropout(0.5)
+    x = torch.ones(1000)
+    state = RandState()
+    first = layer(x)
+    with state:
+        replay = layer(x)
+    assert torch.equal(first, replay)
+    assert not torch.equal(layer(x), first)
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(tmp_path) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    common = ["model=tiny-random", "trainer=tiny", "logging=none", "data=jsonl", f"data.path={data}",
+              "trainer.steps=400", "trainer.batch_size=8", "trainer.checkpoint_every=50", "trainer.keep_checkpoints=0",
+              "+model.random_config.attention_dropout=0.1"]  # fmt: skip
+    reference = launch([*common, f"hydra.run.dir={tmp_path / 'reference'}"], processes=1)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    command = [sys.executable, "train/contrastive.py", *common, f"hydra.run.dir={run}"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "step-000100" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "checkpoints" / "step-000400").exists(), "killed too late to test anything"
+
+    resumed = launch([*common, f"hydra.run.dir={run}", "resume=auto"], processes=1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    left, right = final_weights(run, 400), final_weights(tmp_path / "reference", 400)
+    assert left.keys() == right.keys()
+    assert all(torch.equal(left[name], right[name]) for name in left)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(
+        range(1, 401)
+    )
+
+
+def test_fresh_start_refuses_a_folder_with_checkpoints(tmp_path) -> None:
+    cfg = compose_train_config(tiny_overrides(tmp_path), tmp_path)
+    train(cfg, tmp_path / "run")
+    with pytest.raises(FileExistsError, match="resume=auto"):
+        train(cfg, tmp_path / "run")
+    cfg.resume = "auto"
+    assert train(cfg, tmp_path / "run")["checkpoint"].endswith("step-000003")
+
+
+def test_nonfinite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
+    import train.loop as loop
+    from models import DecoderEmbedder
+
+    real = loop.symmetric_info_nce
+    calls = {"n": 0}
+
+    def nan_on_third_step(x, y, scale, rank=0, world_size=1):
+        calls["n"] += 1
+        out = real(x, y, scale, rank, world_size)
+        if calls["n"] == 3:
+            out["contrastive_loss"] = out["contrastive_loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(loop, "symmetric_info_nce", nan_on_third_step)
+    cfg = compose_train_config(
+        tiny_overrides(tmp_path, pairs=4, steps=5, extra=("trainer.checkpoint_every=1", "trainer.keep_checkpoints=0")),
+        tmp_path,
+    )
+    with pytest.raises(loop.NonFiniteLossError, match="step 3.*step-000002"):
+        train(cfg, tmp_path / "run")
+    names = sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-000001", "step-000002"]
+    DecoderEmbedder.from_pretrained(tmp_path / "run")  # the last good one loads

@@ -1,0 +1,107 @@
+"""GradCache: a large contrastive batch in memory-bounded chunks, with the same update as one pass.
+
+Steps (as in Gao et al., "Scaling Deep Contrastive Learning Batch Size under Memory Limited
+Setup", arXiv:2101.06983):
+
+1. Embed the batch chunk by chunk without an autograd graph, remembering each chunk's RNG state.
+2. Compute the loss on the full batch of (detached) embeddings (gathered across processes) and
+   its gradients with respect to each embedding and to the temperature.
+3. Re-run each chunk with a graph under its remembered RNG state (so dropout matches) and
+   backpropagate the cached embedding gradients into the weights.
+
+Peak activation memory then depends on the chunk size, not on the batch size, so the pool of
+in-batch negatives can grow without more memory (gradient accumulation cannot do this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+from train.losses import symmetric_info_nce
+
+
+class RandState:
+    """The CPU (and CUDA) RNG state at construction, restorable inside a ``with`` block."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def __enter__(self) -> None:
+        self._fork = torch.random.fork_rng(devices=range(torch.cuda.device_count()) if self.cuda else [])
+        self._fork.__enter__()
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+    def __exit__(self, *exc: object) -> None:
+        self._fork.__exit__(*exc)
+
+
+def gradcache_backward(
+    model: torch.nn.Module,
+    embedder: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    sides: Sequence[str],
+    num_x: int,
+    chunk_size: int,
+    loss_weight: float,
+    rank: int,
+    world_size: int,
+    no_sync: Callable[[], AbstractContextManager],
+    autocast: Callable[[], AbstractContextManager],
+    sync_last: bool,
+) -> dict[str, torch.Tensor]:
+    """Accumulate into ``.grad`` the gradients of ``loss_weight * loss`` for one micro-batch.
+
+    Args:
+        model: the (possibly DDP-wrapped) embedder, used for the replayed chunks.
+        embedder: the unwrapped embedder (holds ``log_scale``), used for the graph-free pass.
+        batch: ``input_ids`` and ``attention_mask`` (2B, T): the B x-rows, then the B y-rows.
+        sides: the side of each row.
+        num_x: B, the number of x-rows.
+        chunk_size: rows per forward pass.
+        loss_weight: 1 / accumulation steps.
+        no_sync: context that skips the gradient all-reduce (DDP); used for every chunk but the
+            last when ``sync_last`` and for all of them otherwise.
+        autocast: mixed-precision context.
+        sync_last: whether the last chunk's backward should all-reduce gradients.
+
+    Returns:
+        ``contrastive_loss`` and ``accuracy``, detached.
+    """
+    device = embedder.log_scale.device
+    input_ids = batch["input_ids"].to(device)
+    attention_mask = batch["attention_mask"].to(device)
+    starts = list(range(0, input_ids.shape[0], chunk_size))
+
+    # Step (1): embeddings without a graph; remember the RNG state before each chunk.
+    states, pieces = [], []
+    with torch.no_grad(), autocast():
+        for start in starts:
+            states.append(RandState())
+            end = start + chunk_size
+            pieces.append(embedder(input_ids[start:end], attention_mask[start:end], list(sides[start:end])))
+    cached = torch.cat(pieces).detach().requires_grad_()  # (2B, D)
+
+    # Step (2): full-batch loss; gradients for the embeddings and the temperature only.
+    out = symmetric_info_nce(cached[:num_x], cached[num_x:], embedder.logit_scale(), rank, world_size)
+    embedding_grad, scale_grad = torch.autograd.grad(
+        out["contrastive_loss"] * loss_weight, [cached, embedder.log_scale], allow_unused=True
+    )
+
+    # Step (3): replay each chunk with a graph and push the cached gradients into the weights.
+    for index, (start, state) in enumerate(zip(starts, states, strict=True)):
+        end = start + chunk_size
+        last = index == len(starts) - 1
+        with no_sync() if not (last and sync_last) else nullcontext(), state, autocast():
+            replayed = model(input_ids[start:end], attention_mask[start:end], list(sides[start:end]))
+            surrogate = (replayed * embedding_grad[start:end]).sum()
+            if last and scale_grad is not None and embedder.log_scale.requires_grad:
+                # The temperature's gradient joins the last backward, so DDP sees every parameter.
+                surrogate = surrogate + (embedder.log_scale * scale_grad).sum()
+            surrogate.backward()
+    return {"contrastive_loss": out["contrastive_loss"].detach(), "accuracy": out["accuracy"]}
