@@ -247,23 +247,35 @@ class DecoderEmbedder(nn.Module):
             "learn_temperature": self.log_scale.requires_grad,
         }
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write backbone(s) in Hugging Face format, the tokenizer with delimiters, heads and config.
 
-        Writes into ``directory`` as given; callers wanting atomicity write to a temporary folder
-        and rename it (the trainer does).
+        Args:
+            directory: written into as given; callers wanting atomicity write to a temporary
+                folder and rename it (the trainer does).
+            state_dict: this module's full state dict, when the live parameters are sharded
+                (FSDP, DeepSpeed ZeRO-3) and were gathered by the caller.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        full = dict(state_dict) if state_dict is not None else None
+
+        def part(prefix: str) -> dict[str, torch.Tensor] | None:
+            if full is None:
+                return None
+            return {key.removeprefix(prefix): value for key, value in full.items() if key.startswith(prefix)}
+
         if self.shared_weights:
-            self.backbone.save_pretrained(directory / "backbone")
+            self.backbone.save_pretrained(directory / "backbone", state_dict=part("backbone."))
         else:
             for name, backbone in self.backbones.items():
-                backbone.save_pretrained(directory / f"backbone-{name}")
+                backbone.save_pretrained(directory / f"backbone-{name}", state_dict=part(f"backbones.{name}."))
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
-        heads = {"log_scale": self.log_scale.detach().reshape(1).float().cpu().contiguous()}
+        log_scale = full["log_scale"] if full is not None else self.log_scale
+        heads = {"log_scale": log_scale.detach().reshape(1).float().cpu().contiguous()}
         if self.projection is not None:
-            heads["projection.weight"] = self.projection.weight.detach().cpu().contiguous()
+            weight = full["projection.weight"] if full is not None else self.projection.weight
+            heads["projection.weight"] = weight.detach().cpu().contiguous()
         save_file(heads, str(directory / HEADS_NAME))
         (directory / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
 

@@ -35,6 +35,7 @@ def checkpoint_name(step: int) -> str:
 
 def save_checkpoint(
     accelerator: Any,
+    model: Any,
     embedder: DecoderEmbedder,
     output_dir: Path,
     step: int,
@@ -42,7 +43,13 @@ def save_checkpoint(
     run_config_yaml: str,
     keep: int,
 ) -> Path:
-    """Write checkpoint ``step`` (call on every process) and keep the newest ``keep`` (0 = all)."""
+    """Write checkpoint ``step`` (call on every process) and keep the newest ``keep`` (0 = all).
+
+    ``model`` is the prepared (wrapped) model; with FSDP or DeepSpeed its full state dict is
+    gathered from every process before the main process writes the inference folder.
+    """
+    from accelerate.utils import DistributedType
+
     root = output_dir / CHECKPOINTS_DIR
     final = root / checkpoint_name(step)
     staging = root / f".{final.name}.tmp"
@@ -51,8 +58,10 @@ def save_checkpoint(
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging / TRAINING_STATE_DIR))
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    state_dict = accelerator.get_state_dict(model) if sharded else None
     if accelerator.is_main_process:
-        embedder.save_pretrained(staging)
+        embedder.save_pretrained(staging, state_dict=state_dict)
         (staging / RUN_CONFIG).write_text(run_config_yaml)
         (staging / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
         if final.exists():  # the same step written again: replace it

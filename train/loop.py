@@ -73,10 +73,13 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     log_with, wandb_kwargs = tracker_settings(cfg.logging.backend, cfg.logging.mode)
     resume_from = find_resume_checkpoint(output_dir, cfg.get("resume"))
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, log_with=log_with, project_dir=str(output_dir))
-    if settings.gradcache_chunk and accelerator.distributed_type == DistributedType.DEEPSPEED:
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and (
+        settings.gradcache_chunk or settings.grad_accum_steps > 1
+    ):
         raise ValueError(
-            "trainer.gradcache_chunk does not compose with DeepSpeed (its engine owns backward and "
-            "accumulation); use DDP or FSDP for GradCache, or set trainer.gradcache_chunk=null"
+            "trainer.gradcache_chunk and trainer.grad_accum_steps > 1 do not compose with DeepSpeed (its "
+            "engine owns backward, accumulation and the optimizer step): use DDP or FSDP for them "
+            "(configs/accelerate/), or set trainer.gradcache_chunk=null trainer.grad_accum_steps=1"
         )
     set_seed(cfg.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -222,7 +225,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 "metrics": record,
             }
             checkpoint = save_checkpoint(
-                accelerator, embedder, output_dir, step + 1, state, run_config, settings.keep_checkpoints
+                accelerator, model, embedder, output_dir, step + 1, state, run_config, settings.keep_checkpoints
             )
     progress.close()
     last_validation = validate(settings.steps) if start_step < settings.steps else {}
