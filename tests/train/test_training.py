@@ -151,3 +151,9 @@ def test_malformed_data_line_is_named(tmp_path) -> None:
     while not isinstance(error, DataFormatError) and error.__cause__ is not None:
         error = error.__cause__
     assert isinstance(error, DataFormatError) and f"{bad}:2" in str(error)
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path) -> None:
+    cfg = compose_train_config(tiny_overrides(tmp_path, extra=("trainer.mixed_precision=bf16",)), tmp_path)
+    result = train(cfg, tmp_path / "run")
+    assert result["metrics"]["loss"] > 0
