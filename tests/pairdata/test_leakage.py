@@ -11,7 +11,7 @@ import pytest
 from pairdata.code.build import build_code
 from pairdata.leakage import LeakageIndex, benchmark_index, iter_benchmark_texts
 from pairdata.text.build import build_text, folder_text_source
-from pairdata.textnorm import normalize
+from pairdata.textnorm import normalize, words
 from tests.pairdata.conftest import BENCHMARK_QUERY, BENCHMARK_SENTENCE, folder_specs, write_repos
 
 FILLER = "Harbour life moved slowly in the old days and the fishing fleet left at dawn every single morning. "
@@ -118,7 +118,7 @@ def test_real_benchmarks_are_indexed() -> None:
         pytest.skip(f"{SHARED_DATA} not present")
     index = benchmark_index(SHARED_DATA)
     for _, text in iter_benchmark_texts(SHARED_DATA):
-        assert index.leaks(text)
+        assert index.leaks(text) or not words(text)  # punctuation-only fields ('."') hold no text
     assert index.texts > 100_000
 
 
