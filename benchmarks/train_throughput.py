@@ -7,7 +7,7 @@ Two tables, both measured in the same run on this machine:
    same decoder, batch size, sequence length and data (STS-B/MRPC paraphrase pairs), full
    fine-tuning, fp32, median seconds per step after one warm-up step;
 2. peak RSS of one training step of our trainer at several batch sizes, plain and with GradCache
-   (each configuration in a fresh process, read from ``ru_maxrss``).
+   (each configuration in a fresh process, read from ``VmHWM``).
 
 Usage:
     python benchmarks/train_throughput.py                       # SmolLM2-135M, batch 16, 32 tokens
@@ -138,6 +138,15 @@ def sentence_transformers_seconds_per_step(
     return statistics.median(durations[1:])
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries that over from
+    the parent across fork+exec, so a child of a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_one(batch: int, chunk: int | None, max_length: int, data: Path) -> None:
     """One training step in this process; print peak RSS (MiB) and seconds as JSON."""
     from train.loop import train
@@ -153,7 +162,7 @@ def memory_one(batch: int, chunk: int | None, max_length: int, data: Path) -> No
         started = time.perf_counter()
         train(cfg, Path(work))
         seconds = time.perf_counter() - started
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = peak_rss_mib()
     print(json.dumps({"batch": batch, "chunk": chunk, "peak_rss_mib": peak_mib, "seconds": seconds}))
 
 
