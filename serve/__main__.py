@@ -1,0 +1,60 @@
+"""Command line of the server: ``python -m serve --model FOLDER [--host --port --api-key-env ...]``.
+
+Example::
+
+    CPT_API_KEY=secret python -m serve --model runs/search/checkpoints/step-1000 --name cpt-search \
+        --api-key-env CPT_API_KEY --max-batch-tokens 16384 --max-wait-ms 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="checkpoint, training run folder or export folder")
+    parser.add_argument("--name", default=None, help="served model name NAME (default: the folder's name)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key-env", default=None, help="environment variable holding the bearer API key")
+    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per micro-batch")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more rows after a batch's first")
+    parser.add_argument("--max-batch-size", type=int, default=256, help="rows per micro-batch")
+    parser.add_argument("--max-length", type=int, default=512, help="longest row the model runs, delimiters included")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            sys.exit(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
+
+    import uvicorn
+
+    from serve.app import Settings, create_app
+
+    settings = Settings(
+        model=args.model,
+        name=args.name,
+        api_key=api_key,
+        max_batch_tokens=args.max_batch_tokens,
+        max_wait_ms=args.max_wait_ms,
+        max_batch_size=args.max_batch_size,
+        max_length=args.max_length,
+        device=args.device,
+    )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""The FastAPI application: ``create_app(settings)``, its lifespan, and the routes.
+
+Routes: ``POST /v1/embeddings`` (OpenAI's contract, see ``docs/serving.md``), ``GET /v1/models``,
+``GET /health``. The lifespan loads the model (unless an engine is handed in, as tests do),
+starts the micro-batcher and, at shutdown, answers every queued row before returning; uvicorn
+waits for in-flight requests before it runs the lifespan's shutdown, so nothing is dropped.
+
+Usage counts the tokens each input has as the model runs it: the text's tokens (or the token
+array), truncated to ``max_length - 2``, plus the side's two delimiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from serve.batching import BatcherClosed, MicroBatcher
+from serve.engine import EmbeddingEngine, Row
+from serve.errors import AUTHENTICATION, OVERLOADED, OpenAIError, install_error_handlers
+from serve.schemas import (
+    MAX_ITEMS,
+    MAX_TOKENS_PER_ITEM,
+    MAX_TOKENS_PER_REQUEST,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Health,
+    ModelCard,
+    ModelList,
+)
+
+_BEARER = HTTPBearer(auto_error=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured with; the CLI builds one from its flags.
+
+    Args:
+        model: checkpoint, training run folder or export folder (unused when an engine is given).
+        name: served model name ``NAME`` (default: the folder's name).
+        api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
+        max_batch_tokens: padded tokens (rows x longest row) of one micro-batch.
+        max_wait_ms: how long a micro-batch waits for more rows after its first.
+        max_batch_size: rows of one micro-batch.
+        max_queued_rows: rows waiting beyond this answer 429 (overload).
+        max_length: longest row the model runs, delimiters included.
+        device: torch device of the model.
+    """
+
+    model: str | None = None
+    name: str | None = None
+    api_key: str | None = None
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 5.0
+    max_batch_size: int = 256
+    max_queued_rows: int = 65536
+    max_length: int = 512
+    device: str = "cpu"
+
+
+def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> FastAPI:
+    """Build the application.
+
+    Args:
+        settings: server configuration.
+        engine: an already built engine (tests, benchmarks); otherwise the lifespan loads
+            ``settings.model``.
+    """
+    if engine is None and settings.model is None:
+        raise ValueError("create_app needs settings.model (a checkpoint folder) or an engine")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.status = "starting"
+        served = engine
+        if served is None:
+            assert settings.model is not None
+            served = await asyncio.to_thread(
+                EmbeddingEngine.from_folder,
+                Path(settings.model),
+                settings.name,
+                settings.max_length,
+                settings.device,
+            )
+        batcher: MicroBatcher[Row, torch.Tensor] = MicroBatcher(
+            served.run,
+            lambda row: len(row.ids),
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.max_wait_ms,
+            max_batch_size=settings.max_batch_size,
+        )
+        batcher.start()
+        app.state.engine = served
+        app.state.batcher = batcher
+        app.state.status = "ok"
+        try:
+            yield
+        finally:
+            app.state.status = "stopping"
+            await batcher.close()
+
+    app = FastAPI(title="cpt-embeddings", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.status = "starting"
+    install_error_handlers(app)
+
+    def check_api_key(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        if settings.api_key is None:
+            return
+        if credentials is None:
+            raise OpenAIError(
+                401, "missing API key: send 'Authorization: Bearer <key>'", type=AUTHENTICATION, code="invalid_api_key"
+            )
+        if not hmac.compare_digest(credentials.credentials.encode(), settings.api_key.encode()):
+            raise OpenAIError(401, "incorrect API key provided", type=AUTHENTICATION, code="invalid_api_key")
+
+    def ready(request: Request) -> tuple[EmbeddingEngine, MicroBatcher]:
+        if request.app.state.status != "ok":
+            raise OpenAIError(503, f"the server is {request.app.state.status}", type=OVERLOADED, code="unavailable")
+        return request.app.state.engine, request.app.state.batcher
+
+    @app.get("/health", response_model=Health, operation_id="health")
+    async def health(request: Request) -> JSONResponse:
+        state = request.app.state
+        models = sorted(state.engine.model_names) if state.status == "ok" else []
+        body = Health(status=state.status, models=models).model_dump()
+        return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
+
+    @app.get("/v1/models", response_model=ModelList, operation_id="list_models", dependencies=[Depends(check_api_key)])
+    async def list_models(request: Request) -> ModelList:
+        served, _ = ready(request)
+        return ModelList(data=[ModelCard(id=name) for name in sorted(served.model_names)])
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingResponse,
+        operation_id="create_embeddings",
+        dependencies=[Depends(check_api_key)],
+    )
+    async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+        served, batcher = ready(request)
+        side = served.side_of(body.model)
+        if side is None:
+            raise OpenAIError(
+                404,
+                f"the model {body.model!r} does not exist; this server has {sorted(served.model_names)}",
+                param="model",
+                code="model_not_found",
+            )
+        if body.dimensions is not None and not 1 <= body.dimensions <= served.embedding_dim:
+            raise OpenAIError(
+                400,
+                f"dimensions must be between 1 and {served.embedding_dim}, got {body.dimensions}",
+                param="dimensions",
+                code="invalid_value",
+            )
+        bodies = await _token_bodies(body.input, served)
+        if batcher.queued + len(bodies) > settings.max_queued_rows:
+            raise OpenAIError(429, "the server is overloaded; retry later", type=OVERLOADED, code="overloaded")
+        rows = [served.row(side, ids) for ids in bodies]
+        try:
+            vectors = await batcher.submit(rows)
+        except BatcherClosed:
+            raise OpenAIError(503, "the server is shutting down", type=OVERLOADED, code="unavailable") from None
+        matrix = torch.stack(vectors).numpy()  # (N, D)
+        if body.dimensions is not None and body.dimensions < matrix.shape[1]:
+            matrix = matrix[:, : body.dimensions]
+            matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        matrix = matrix.astype("<f4", copy=False)
+        if body.encoding_format == "base64":
+            embeddings: list = [base64.b64encode(vector.tobytes()).decode("ascii") for vector in matrix]
+        else:
+            embeddings = matrix.tolist()
+        tokens = sum(len(row.ids) for row in rows)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)],
+                "model": body.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    return app
+
+
+async def _token_bodies(value: str | list, served: EmbeddingEngine) -> list[list[int]]:
+    """The request's inputs as body token ids, checked against the limits in :mod:`serve.schemas`."""
+    if isinstance(value, str):
+        value = [value]
+    if not value:
+        raise OpenAIError(400, "input must not be empty", param="input", code="empty_input")
+    if isinstance(value[0], int):  # one token array
+        value = [value]
+    if len(value) > MAX_ITEMS:
+        raise OpenAIError(
+            400, f"input has {len(value)} items; at most {MAX_ITEMS} are allowed", param="input", code="too_many_items"
+        )
+    if isinstance(value[0], str):
+        for i, text in enumerate(value):
+            if not text:
+                raise OpenAIError(400, f"input[{i}] is an empty string", param="input", code="empty_input")
+        bodies = await asyncio.to_thread(served.tokenize, value)
+    else:
+        bodies = value
+        for i, ids in enumerate(bodies):
+            if not ids:
+                raise OpenAIError(400, f"input[{i}] is an empty token array", param="input", code="empty_input")
+            bad = next((t for t in ids if not 0 <= t < served.vocab_size), None)
+            if bad is not None:
+                raise OpenAIError(
+                    400,
+                    f"input[{i}] holds token id {bad}; ids must be in [0, {served.vocab_size})",
+                    param="input",
+                    code="invalid_token_id",
+                )
+    total = 0
+    for i, ids in enumerate(bodies):
+        if len(ids) > MAX_TOKENS_PER_ITEM:
+            raise OpenAIError(
+                400,
+                f"input[{i}] has {len(ids)} tokens; at most {MAX_TOKENS_PER_ITEM} are allowed per input",
+                param="input",
+                code="context_length_exceeded",
+            )
+        total += len(ids)
+    if total > MAX_TOKENS_PER_REQUEST:
+        raise OpenAIError(
+            400,
+            f"the request has {total} tokens; at most {MAX_TOKENS_PER_REQUEST} are allowed per request",
+            param="input",
+            code="max_tokens_per_request",
+        )
+    return bodies

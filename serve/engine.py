@@ -1,0 +1,85 @@
+"""The model behind the server: model names to tower sides, tokenisation, and batched forward passes.
+
+Model names: ``NAME-<side>`` for every side of the tower (``NAME-query``, ``NAME-doc``,
+``NAME-text``, ``NAME-code``), and plain ``NAME`` when the tower has a single side (the
+text-similarity tower). Rows are ``(side, delimited token ids)``; a batch may mix sides.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models import DecoderEmbedder
+from models.pretokenized import delimit_ids, delimiter_ids, pad_id_of, pad_rows
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input as the model runs it: its side and ``open + body + close`` token ids."""
+
+    side: str
+    ids: tuple[int, ...]
+
+
+class EmbeddingEngine:
+    """Wraps a :class:`DecoderEmbedder` for serving.
+
+    Args:
+        model: the embedder, moved to ``device`` and put in eval mode here.
+        name: the served model name (``NAME``).
+        max_length: longest row the model runs, delimiters included; longer bodies are cut to
+            ``max_length - 2`` tokens, as :meth:`DecoderEmbedder.encode` does.
+    """
+
+    def __init__(self, model: DecoderEmbedder, name: str, max_length: int = 512, device: str = "cpu") -> None:
+        if max_length < 3:
+            raise ValueError(f"max_length must be >= 3, got {max_length}")
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.name = name
+        self.max_length = max_length
+        self.tokenizer = model.tokenizer
+        self.vocab_size = len(self.tokenizer)
+        self.embedding_dim = model.embedding_dim
+        self._delimiters = {side: delimiter_ids(self.tokenizer, model.sides[side]) for side in model.side_names}
+        self._pad_id = pad_id_of(self.tokenizer)
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to call from two threads
+        self.model_names: dict[str, str] = {f"{name}-{side}": side for side in model.side_names}
+        if len(model.side_names) == 1:
+            self.model_names[name] = model.side_names[0]
+
+    @classmethod
+    def from_folder(
+        cls, folder: str | Path, name: str | None = None, max_length: int = 512, device: str = "cpu"
+    ) -> EmbeddingEngine:
+        """Load a checkpoint, a training run folder (newest checkpoint) or an export folder."""
+        model = DecoderEmbedder.from_pretrained(folder)
+        return cls(model, name or Path(folder).resolve().name, max_length=max_length, device=device)
+
+    def side_of(self, model_name: str) -> str | None:
+        return self.model_names.get(model_name)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Body token ids of each text, untruncated (so request limits see the real length)."""
+        with self._tokenizer_lock:
+            return list(self.tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+
+    def row(self, side: str, body: Sequence[int]) -> Row:
+        open_id, close_id = self._delimiters[side]
+        return Row(side, tuple(delimit_ids(body, open_id, close_id, self.max_length)))
+
+    @torch.inference_mode()
+    def run(self, rows: list[Row]) -> list[torch.Tensor]:
+        """Embed a batch of rows; returns one (D,) float32 CPU tensor per row."""
+        batch = pad_rows([row.ids for row in rows], self._pad_id, self.model.padding_side)
+        embeddings = self.model(
+            batch["input_ids"].to(self.device),
+            batch["attention_mask"].to(self.device),
+            [row.side for row in rows],
+        )  # (B, D)
+        return list(embeddings.float().cpu().unbind(0))

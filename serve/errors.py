@@ -1,0 +1,95 @@
+"""The one error type of the server and the handlers that give every failure OpenAI's error body.
+
+Body: ``{"error": {"message": str, "type": str, "param": str | None, "code": str | None}}``.
+Validation failures of FastAPI (malformed JSON, wrong field types) and unexpected exceptions are
+mapped to the same body; an unexpected exception's text is logged, never sent to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+SERVER_ERROR = "server_error"
+OVERLOADED = "service_unavailable"
+
+
+class OpenAIError(Exception):
+    """An error the client sees as ``status`` with OpenAI's JSON error body.
+
+    Args:
+        status: HTTP status code.
+        message: human-readable, says what was wrong and what is allowed.
+        type: OpenAI error type (``invalid_request_error``, ``authentication_error``, ...).
+        param: the request field at fault, if any.
+        code: a stable machine-readable code, if any.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+async def _openai_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OpenAIError)
+    return exc.response()
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return OpenAIError(400, "the request body is not valid JSON", code="invalid_json").response()
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = loc[0] if loc else None
+    message = f"invalid request: {first.get('msg', 'validation failed')}"
+    if loc:
+        message += f" (at {'.'.join(loc)})"
+    return OpenAIError(400, message, param=param, code="invalid_value").response()
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = "not_found" if exc.status_code == 404 else None
+    return OpenAIError(exc.status_code, str(exc.detail), code=code).response()
+
+
+async def _unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return OpenAIError(500, "internal server error", type=SERVER_ERROR).response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers so every error response has OpenAI's body."""
+    app.add_exception_handler(OpenAIError, _openai_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(Exception, _unexpected_error_handler)

@@ -1,0 +1,192 @@
+"""The /v1/embeddings contract in process: input forms, dimensions, encodings, usage, and every error."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from serve.app import Settings, create_app
+from serve.schemas import MAX_ITEMS, MAX_TOKENS_PER_ITEM, MAX_TOKENS_PER_REQUEST
+from tests.serve.conftest import MAX_LENGTH, NAME, run_with_client
+
+OVER_BUDGET = [[5] * MAX_TOKENS_PER_ITEM] * (MAX_TOKENS_PER_REQUEST // MAX_TOKENS_PER_ITEM + 1)
+TEXTS = ["a query about sorting lists", "def sort(xs): return sorted(xs)", "x"]
+
+
+def post(app, payload=None, **kwargs):
+    async def body(client):
+        if payload is None:
+            return await client.post("/v1/embeddings", **kwargs)
+        return await client.post("/v1/embeddings", json=payload, **kwargs)
+
+    return run_with_client(app, body)
+
+
+@pytest.fixture(scope="module")
+def app(engine):
+    return create_app(Settings(), engine=engine)
+
+
+def vectors(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [item["index"] for item in data] == list(range(len(data)))
+    assert all(item["object"] == "embedding" for item in data)
+    return np.array([item["embedding"] for item in data], dtype=np.float32)
+
+
+def expected(engine, texts, side) -> np.ndarray:
+    return engine.model.encode(texts, side, max_length=MAX_LENGTH).numpy()
+
+
+def assert_error(response, status: int, code: str | None, param: str | None = "input", type_="invalid_request_error"):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == type_
+    assert error["code"] == code
+    assert error["param"] == param
+    assert error["message"]
+
+
+@pytest.mark.parametrize("side", ["query", "doc"])
+def test_string_and_list_match_the_model(app, engine, side):
+    one = post(app, {"input": TEXTS[0], "model": f"{NAME}-{side}"})
+    many = post(app, {"input": TEXTS, "model": f"{NAME}-{side}"})
+    want = expected(engine, TEXTS, side)
+    np.testing.assert_allclose(vectors(one)[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(vectors(many), want, atol=1e-5)
+    body = many.json()
+    assert body["object"] == "list" and body["model"] == f"{NAME}-{side}"
+
+
+def test_sides_differ(app):
+    query = vectors(post(app, {"input": TEXTS[0], "model": f"{NAME}-query"}))
+    doc = vectors(post(app, {"input": TEXTS[0], "model": f"{NAME}-doc"}))
+    assert np.abs(query - doc).max() > 1e-3
+
+
+def test_token_arrays_equal_their_text(app, engine):
+    ids = engine.tokenize(TEXTS)
+    single = post(app, {"input": ids[0], "model": f"{NAME}-query"})
+    nested = post(app, {"input": ids, "model": f"{NAME}-query"})
+    want = expected(engine, TEXTS, "query")
+    np.testing.assert_allclose(vectors(single)[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(vectors(nested), want, atol=1e-5)
+
+
+def test_usage_counts_tokens_plus_two_delimiters(app, engine):
+    response = post(app, {"input": TEXTS, "model": f"{NAME}-doc"})
+    tokens = sum(len(ids) + 2 for ids in engine.tokenize(TEXTS))
+    assert response.json()["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def test_long_input_is_truncated_like_the_model(app, engine):
+    text = "word " * 200
+    response = post(app, {"input": text, "model": f"{NAME}-doc"})
+    assert response.json()["usage"]["prompt_tokens"] == MAX_LENGTH
+    np.testing.assert_allclose(vectors(response)[0], expected(engine, [text], "doc")[0], atol=1e-5)
+
+
+def test_dimensions_truncate_and_renormalise(app, engine):
+    response = post(app, {"input": TEXTS, "model": f"{NAME}-query", "dimensions": 8})
+    got = vectors(response)
+    full = expected(engine, TEXTS, "query")[:, :8]
+    np.testing.assert_allclose(got, full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    same = vectors(post(app, {"input": TEXTS, "model": f"{NAME}-query", "dimensions": engine.embedding_dim}))
+    np.testing.assert_allclose(same, expected(engine, TEXTS, "query"), atol=1e-5)
+
+
+def test_base64_is_little_endian_float32_of_the_float_result(app):
+    payload = {"input": TEXTS, "model": f"{NAME}-query"}
+    floats = vectors(post(app, payload))
+    encoded = post(app, {**payload, "encoding_format": "base64"}).json()["data"]
+    decoded = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in encoded])
+    np.testing.assert_array_equal(decoded, floats)
+
+
+def test_user_is_accepted(app):
+    assert post(app, {"input": "hi", "model": f"{NAME}-query", "user": "someone"}).status_code == 200
+
+
+def test_single_side_tower_answers_to_plain_name(one_side_engine):
+    app = create_app(Settings(), engine=one_side_engine)
+    plain = vectors(post(app, {"input": TEXTS, "model": NAME}))
+    text = vectors(post(app, {"input": TEXTS, "model": f"{NAME}-text"}))
+    np.testing.assert_array_equal(plain, text)
+    np.testing.assert_allclose(plain, expected(one_side_engine, TEXTS, "text"), atol=1e-5)
+
+
+def test_two_side_tower_has_no_plain_name(app):
+    assert_error(post(app, {"input": "hi", "model": NAME}), 404, "model_not_found", "model")
+
+
+def test_models_and_health(app):
+    async def body(client):
+        return await client.get("/v1/models"), await client.get("/health")
+
+    models, health = run_with_client(app, body)
+    assert [m["id"] for m in models.json()["data"]] == [f"{NAME}-doc", f"{NAME}-query"]
+    assert health.json() == {"status": "ok", "models": [f"{NAME}-doc", f"{NAME}-query"]}
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code", "param"),
+    [
+        ({"input": "", "model": "tiny-query"}, 400, "empty_input", "input"),
+        ({"input": ["ok", ""], "model": "tiny-query"}, 400, "empty_input", "input"),
+        ({"input": [], "model": "tiny-query"}, 400, "empty_input", "input"),
+        ({"input": [[1, 2], []], "model": "tiny-query"}, 400, "empty_input", "input"),
+        ({"input": ["x"] * (MAX_ITEMS + 1), "model": "tiny-query"}, 400, "too_many_items", "input"),
+        ({"input": [5] * (MAX_TOKENS_PER_ITEM + 1), "model": "tiny-query"}, 400, "context_length_exceeded", "input"),
+        ({"input": "a" * (MAX_TOKENS_PER_ITEM + 1), "model": "tiny-query"}, 400, "context_length_exceeded", "input"),
+        (
+            {"input": OVER_BUDGET, "model": "tiny-query"},
+            400,
+            "max_tokens_per_request",
+            "input",
+        ),
+        ({"input": [[1, -1]], "model": "tiny-query"}, 400, "invalid_token_id", "input"),
+        ({"input": [10**9], "model": "tiny-query"}, 400, "invalid_token_id", "input"),
+        ({"input": "hi", "model": "nope"}, 404, "model_not_found", "model"),
+        ({"input": "hi", "model": "tiny-query", "dimensions": 0}, 400, "invalid_value", "dimensions"),
+        ({"input": "hi", "model": "tiny-query", "dimensions": 33}, 400, "invalid_value", "dimensions"),
+        ({"input": "hi", "model": "tiny-query", "encoding_format": "int8"}, 400, "invalid_value", "encoding_format"),
+        ({"input": "hi"}, 400, "invalid_value", "model"),
+        ({"model": "tiny-query"}, 400, "invalid_value", "input"),
+        ({"input": 5, "model": "tiny-query"}, 400, "invalid_value", "input"),
+        ({"input": ["a", 1], "model": "tiny-query"}, 400, "invalid_value", "input"),
+        ({"input": [1.5], "model": "tiny-query"}, 400, "invalid_value", "input"),
+    ],
+    ids=lambda value: None if isinstance(value, dict) else str(value),
+)
+def test_invalid_requests(app, payload, status, code, param):
+    assert_error(post(app, payload), status, code, param)
+
+
+def test_malformed_json(app):
+    response = post(app, content=b'{"input": "hi", "model": ', headers={"content-type": "application/json"})
+    assert_error(response, 400, "invalid_json", None)
+
+
+def test_unknown_route_has_openai_body(app):
+    response = run_with_client(app, lambda client: client.get("/v1/nothing"))
+    assert_error(response, 404, "not_found", None)
+
+
+def test_api_key(engine):
+    app = create_app(Settings(api_key="s3cret"), engine=engine)
+    payload = {"input": "hi", "model": f"{NAME}-query"}
+    assert_error(post(app, payload), 401, "invalid_api_key", None, "authentication_error")
+    wrong = post(app, payload, headers={"Authorization": "Bearer nope"})
+    assert_error(wrong, 401, "invalid_api_key", None, "authentication_error")
+    assert post(app, payload, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert run_with_client(app, lambda client: client.get("/health")).status_code == 200
+    models = run_with_client(app, lambda client: client.get("/v1/models"))
+    assert_error(models, 401, "invalid_api_key", None, "authentication_error")
