@@ -54,6 +54,7 @@ def gradcache_backward(
     no_sync: Callable[[], AbstractContextManager],
     autocast: Callable[[], AbstractContextManager],
     sync_last: bool,
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
 ) -> dict[str, torch.Tensor]:
     """Accumulate into ``.grad`` the gradients of ``loss_weight * loss`` for one micro-batch.
 
@@ -69,6 +70,7 @@ def gradcache_backward(
             last when ``sync_last`` and for all of them otherwise.
         autocast: mixed-precision context.
         sync_last: whether the last chunk's backward should all-reduce gradients.
+        backward: runs a backward pass (``accelerator.backward``, which applies fp16 loss scaling).
 
     Returns:
         ``contrastive_loss`` and ``accuracy``, detached.
@@ -103,5 +105,5 @@ def gradcache_backward(
             if last and scale_grad is not None and embedder.log_scale.requires_grad:
                 # The temperature's gradient joins the last backward, so DDP sees every parameter.
                 surrogate = surrogate + (embedder.log_scale * scale_grad).sum()
-            surrogate.backward()
+            backward(surrogate)
     return {"contrastive_loss": out["contrastive_loss"].detach(), "accuracy": out["accuracy"]}

@@ -168,6 +168,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                     model, embedder, batch, sides, len(micro), settings.gradcache_chunk,
                     1.0 / settings.grad_accum_steps, rank, world,
                     no_sync=lambda: accelerator.no_sync(model), autocast=accelerator.autocast, sync_last=last,
+                    backward=accelerator.backward,
                 )  # fmt: skip
             else:
                 with accelerator.no_sync(model) if not last else nullcontext(), accelerator.autocast():
