@@ -1,0 +1,177 @@
+"""The micro-batcher alone, with a stub model: budgets, waiting, off-loop execution, failures, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from serve.batching import BatcherClosed, MicroBatcher
+
+
+class Recorder:
+    """A stub ``run_batch``: doubles each row and records the batches it saw and the thread it ran on."""
+
+    def __init__(self, delay: float = 0.0, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.threads: set[str] = set()
+        self.delay = delay
+        self.fail_on = fail_on
+
+    def __call__(self, rows: list[int]) -> list[int]:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(rows))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_on is not None and self.fail_on in rows:
+            raise RuntimeError("boom")
+        return [2 * row for row in rows]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, timeout=30))
+
+
+def test_concurrent_submissions_share_batches_and_keep_order():
+    recorder = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_batch_tokens=1000, max_wait_ms=50)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([i, i + 100]) for i in range(10)))
+        await batcher.close()
+        return results, batcher.stats
+
+    results, stats = run(main())
+    assert results == [[2 * i, 2 * (i + 100)] for i in range(10)]
+    assert len(recorder.batches) == 1 and stats.rows == 20 and stats.largest_batch == 20
+
+
+def test_padded_token_budget_and_batch_size():
+    recorder = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(recorder, length_of=lambda row: row, max_batch_tokens=20, max_wait_ms=20)
+        batcher.start()
+        # rows are their own lengths: [4, 4, 4, 4, 4] fit 20 padded tokens; a 10 after them would make 6 x 10
+        await asyncio.gather(batcher.submit([4] * 5), batcher.submit([10, 10]), batcher.submit([50]))
+        await batcher.close()
+
+    run(main())
+    assert recorder.batches == [[4] * 5, [10, 10], [50]]  # an over-budget row runs alone
+    for batch in recorder.batches[:2]:
+        assert len(batch) * max(batch) <= 20
+
+    sized = Recorder()
+
+    async def by_size():
+        batcher = MicroBatcher(sized, length_of=lambda row: 1, max_batch_size=3, max_wait_ms=20)
+        batcher.start()
+        await batcher.submit(list(range(7)))
+        await batcher.close()
+
+    run(by_size())
+    assert [len(batch) for batch in sized.batches] == [3, 3, 1]
+
+
+def test_waits_at_most_max_wait_ms_for_more_rows():
+    recorder = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_wait_ms=100)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([1]))
+        await asyncio.sleep(0.02)  # arrives inside the window: same batch
+        second = asyncio.create_task(batcher.submit([2]))
+        await asyncio.gather(first, second)
+        started = time.monotonic()
+        await batcher.submit([3])  # alone: answered after about max_wait_ms
+        waited = time.monotonic() - started
+        await batcher.close()
+        return waited
+
+    waited = run(main())
+    assert recorder.batches == [[1, 2], [3]]
+    assert 0.09 <= waited < 5
+
+
+def test_model_runs_off_the_event_loop():
+    recorder = Recorder(delay=0.3)
+
+    async def main():
+        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_wait_ms=0)
+        batcher.start()
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await batcher.submit([1])
+        task.cancel()
+        await batcher.close()
+        return ticks
+
+    ticks = run(main())
+    assert ticks >= 10  # the loop kept running while the batch slept 0.3 s in the model thread
+    assert recorder.threads and threading.main_thread().name not in recorder.threads
+
+
+def test_a_failing_batch_fails_its_requests_only():
+    recorder = Recorder(fail_on=13)
+
+    async def main():
+        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_wait_ms=0)
+        batcher.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit([13])
+        result = await batcher.submit([2])
+        await batcher.close()
+        return result
+
+    assert run(main()) == [4]
+
+
+def test_close_answers_queued_rows_then_refuses():
+    recorder = Recorder(delay=0.1)
+
+    async def main():
+        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        pending = [asyncio.create_task(batcher.submit([i])) for i in range(5)]
+        await asyncio.sleep(0.05)  # the first batch is running, the rest are queued
+        await batcher.close()
+        assert sorted(batch[0] for batch in recorder.batches) == list(range(5))  # every queued row ran
+        with pytest.raises(BatcherClosed):
+            await batcher.submit([9])
+        return await asyncio.gather(*pending)
+
+    assert run(main()) == [[0], [2], [4], [6], [8]]
+
+
+def test_cancelled_request_rows_are_skipped():
+    recorder = Recorder(delay=0.1)
+
+    async def main():
+        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        running = asyncio.create_task(batcher.submit([1]))
+        await asyncio.sleep(0.02)
+        dropped = asyncio.create_task(batcher.submit([2]))
+        await asyncio.sleep(0)
+        dropped.cancel()
+        await running
+        await batcher.close()
+
+    run(main())
+    assert recorder.batches == [[1]]
+
+
+def test_bad_settings_raise():
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        MicroBatcher(Recorder(), length_of=len, max_batch_tokens=0)

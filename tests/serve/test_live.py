@@ -1,0 +1,138 @@
+"""Against a real uvicorn on 127.0.0.1: the official openai client, 32 concurrent clients, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serve.app import Settings, create_app
+from serve.engine import EmbeddingEngine
+from tests.serve.conftest import MAX_LENGTH, NAME, LoopbackServer, build_engine
+
+TEXTS = ["binary search in a sorted array", "how to reverse a linked list", "x", "lorem ipsum " * 20]
+
+
+def openai_client(server: LoopbackServer, api_key: str = "unused"):
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=api_key, max_retries=0, timeout=30)
+
+
+def test_openai_client_base64_default_and_float(live_server, engine):
+    client = openai_client(live_server)
+    want = engine.model.encode(TEXTS, "doc", max_length=MAX_LENGTH).numpy()
+    default = client.embeddings.create(model=f"{NAME}-doc", input=TEXTS)  # asks for base64, decodes it
+    floats = client.embeddings.create(model=f"{NAME}-doc", input=TEXTS, encoding_format="float")
+    got_default = np.array([item.embedding for item in default.data], dtype=np.float32)
+    got_float = np.array([item.embedding for item in floats.data], dtype=np.float32)
+    np.testing.assert_allclose(got_default, want, atol=1e-5)
+    np.testing.assert_array_equal(got_default, got_float)
+    assert default.usage.prompt_tokens == sum(min(len(ids) + 2, MAX_LENGTH) for ids in engine.tokenize(TEXTS))
+    assert default.model == f"{NAME}-doc"
+    short = client.embeddings.create(model=f"{NAME}-query", input=[[1, 2, 3]], dimensions=4)
+    assert len(short.data[0].embedding) == 4
+    assert [m.id for m in client.models.list()] == [f"{NAME}-doc", f"{NAME}-query"]
+
+
+def test_openai_client_errors(live_server, engine):
+    import openai
+
+    client = openai_client(live_server)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(model="nope", input="hi")
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.embeddings.create(model=f"{NAME}-doc", input="")
+    assert empty.value.code == "empty_input" and empty.value.type == "invalid_request_error"
+
+    locked = LoopbackServer(create_app(Settings(api_key="k3y"), engine=engine)).start()
+    try:
+        with pytest.raises(openai.AuthenticationError) as denied:
+            openai_client(locked, api_key="wrong").embeddings.create(model=f"{NAME}-doc", input="hi")
+        assert denied.value.code == "invalid_api_key"
+        ok = openai_client(locked, api_key="k3y").embeddings.create(model=f"{NAME}-doc", input="hi")
+        assert len(ok.data) == 1
+    finally:
+        locked.stop()
+
+
+def test_32_clients_x_20_requests_equal_single_results(engine):
+    import httpx
+
+    app = create_app(Settings(max_wait_ms=10, max_batch_tokens=4096), engine=engine)
+    server = LoopbackServer(app).start()
+    clients, per_client = 32, 20
+    inputs = [(f"{NAME}-{'query' if k % 2 else 'doc'}", f"request {k}: " + "token " * (k % 13)) for k in range(40)]
+    try:
+        single = {}
+        with httpx.Client(base_url=server.url, timeout=60) as sync:
+            for model, text in inputs:
+                response = sync.post("/v1/embeddings", json={"model": model, "input": text})
+                single[model, text] = np.array(response.json()["data"][0]["embedding"], dtype=np.float32)
+        batches_before = app.state.batcher.stats.batches
+
+        async def one_client(c: int, http: httpx.AsyncClient) -> list[tuple[tuple[str, str], np.ndarray]]:
+            out = []
+            for r in range(per_client):
+                model, text = inputs[(c * per_client + r) % len(inputs)]
+                response = await http.post("/v1/embeddings", json={"model": model, "input": text})
+                assert response.status_code == 200, response.text
+                out.append(((model, text), np.array(response.json()["data"][0]["embedding"], dtype=np.float32)))
+            return out
+
+        async def main():
+            limits = httpx.Limits(max_connections=clients)
+            async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
+                return await asyncio.gather(*(one_client(c, http) for c in range(clients)))
+
+        results = asyncio.run(main())
+        stats = app.state.batcher.stats
+    finally:
+        server.stop()
+    answers = [item for client in results for item in client]
+    assert len(answers) == clients * per_client
+    for key, vector in answers:
+        np.testing.assert_allclose(vector, single[key], atol=1e-5)
+    batches = stats.batches - batches_before
+    assert batches < clients * per_client  # requests were micro-batched together
+    assert stats.largest_batch > 1
+
+
+class SlowEngine(EmbeddingEngine):
+    """The tiny engine with a model that takes ``delay`` seconds per batch, to catch requests in flight."""
+
+    delay = 0.5
+
+    def run(self, rows):
+        time.sleep(self.delay)
+        return super().run(rows)
+
+
+def test_shutdown_finishes_requests_in_flight():
+    import httpx
+
+    base = build_engine()
+    slow = SlowEngine(base.model, NAME, max_length=MAX_LENGTH)
+    app = create_app(Settings(max_wait_ms=0, max_batch_size=1), engine=slow)
+    server = LoopbackServer(app).start()
+    statuses: list[int] = []
+
+    def call(text: str) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            statuses.append(http.post("/v1/embeddings", json={"model": f"{NAME}-doc", "input": text}).status_code)
+
+    threads = [threading.Thread(target=call, args=(f"text {i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while app.state.batcher.stats.batches == 0 and app.state.batcher.queued < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.stop()  # graceful: uvicorn waits for the in-flight requests, then the lifespan drains the queue
+    for thread in threads:
+        thread.join(30)
+    assert statuses == [200, 200, 200]
+    assert app.state.status == "stopping"
