@@ -1,0 +1,106 @@
+"""Export a checkpoint for serving: our own folder format plus one sentence-transformers folder per side.
+
+Layout written to ``OUT``::
+
+    OUT/                                  DecoderEmbedder.save_pretrained (``python -m serve --model OUT``)
+    OUT/sentence-transformers/<side>/     SentenceTransformer(OUT/sentence-transformers/<side>)
+    OUT/export.json                       sides, folders, embedding size, max_seq_length
+
+Each side gets its own sentence-transformers folder because the embedding is the hidden state
+at the side's *closing* delimiter: sentence-transformers prompts can only prepend text, so the
+``open text close`` wrapping is done by the folder's tokenizer post-processor, which differs per
+side (and a tower with separate weights needs separate folders anyway). The modules are
+Transformer -> Pooling(lasttoken) -> [Dense, when the model has a projection] -> Normalize.
+
+CLI::
+
+    python -m serve.export CHECKPOINT OUT [--max-seq-length 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from models import DecoderEmbedder
+
+ST_DIR = "sentence-transformers"
+
+
+def export(checkpoint: str | Path, out: str | Path, max_seq_length: int = 512) -> dict:
+    """Export ``checkpoint`` (a checkpoint or a run folder: newest checkpoint) into ``out``.
+
+    Returns:
+        the ``export.json`` content.
+    """
+    if max_seq_length < 3:
+        raise ValueError(f"max_seq_length must be >= 3 (two delimiters and one token), got {max_seq_length}")
+    out = Path(out)
+    model = DecoderEmbedder.from_pretrained(checkpoint).eval()
+    model.save_pretrained(out)
+    folders = {}
+    for side in model.side_names:
+        folder = out / ST_DIR / side
+        write_sentence_transformer(model, side, folder, max_seq_length)
+        folders[side] = str(folder.relative_to(out))
+    info = {
+        "sides": folders,
+        "embedding_dim": model.embedding_dim,
+        "max_seq_length": max_seq_length,
+        "pooling": "lasttoken",
+        "normalize": True,
+    }
+    (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def write_sentence_transformer(model: DecoderEmbedder, side: str, folder: Path, max_seq_length: int) -> None:
+    """Write one side of ``model`` as a sentence-transformers folder whose tokenizer adds the delimiters."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    spec = model.sides[side]
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = Path(tmp) / "transformer"
+        model.backbone_for(side).save_pretrained(hf_dir)
+        model.tokenizer.save_pretrained(hf_dir)
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)  # a copy: the model's own tokenizer is left alone
+        vocab = tokenizer.get_vocab()
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"{spec.open_token} $A {spec.close_token}",
+            special_tokens=[(spec.open_token, vocab[spec.open_token]), (spec.close_token, vocab[spec.close_token])],
+        )
+        tokenizer.padding_side = "right"  # positions then equal the model's mask-derived positions
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.save_pretrained(hf_dir)
+
+        transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length)
+        modules: list[torch.nn.Module] = [transformer, Pooling(model.hidden_size, pooling_mode="lasttoken")]
+        if model.projection is not None:
+            dense = Dense(model.hidden_size, model.embedding_dim, bias=False, activation_function=torch.nn.Identity())
+            with torch.no_grad():
+                dense.linear.weight.copy_(model.projection.weight)
+            modules.append(dense)
+        modules.append(Normalize())
+        SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m serve.export", description="Export a checkpoint for serving.")
+    parser.add_argument("checkpoint", help="checkpoint folder, or a training run folder (newest checkpoint)")
+    parser.add_argument("out", help="output folder")
+    parser.add_argument("--max-seq-length", type=int, default=512, help="tokens per input, delimiters included")
+    args = parser.parse_args(argv)
+    info = export(args.checkpoint, args.out, args.max_seq_length)
+    print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()

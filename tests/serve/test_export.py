@@ -1,0 +1,37 @@
+"""Export: SentenceTransformer(folder).encode equals our model, per side; the export folder also serves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_LLAMA, TWO_SIDES
+
+TEXTS = ["short", "a somewhat longer sentence about code search", "def f(x):\n    return x + 1", "word " * 100]
+MAX_SEQ = 48
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"projection_dim": 16, "shared_weights": False}], ids=["shared", "projection-separate"]
+)
+def test_sentence_transformers_folder_matches_model(tmp_path, options):
+    from sentence_transformers import SentenceTransformer
+
+    from models import DecoderEmbedder
+    from serve.export import main
+
+    model = DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0, **options)
+    model.save_pretrained(tmp_path / "checkpoint")
+    main([str(tmp_path / "checkpoint"), str(tmp_path / "out"), "--max-seq-length", str(MAX_SEQ)])
+    info = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert info["sides"] == {side: f"sentence-transformers/{side}" for side in TWO_SIDES}
+    for side in TWO_SIDES:
+        st = SentenceTransformer(str(tmp_path / "out" / info["sides"][side]), device="cpu")
+        got = st.encode(TEXTS, batch_size=3, convert_to_numpy=True)
+        want = model.encode(TEXTS, side, batch_size=3, max_length=MAX_SEQ).numpy()
+        assert got.shape == want.shape == (len(TEXTS), model.embedding_dim)
+        assert np.abs(got - want).max() < 1e-5
+    reloaded = DecoderEmbedder.from_pretrained(tmp_path / "out")  # the export folder is also a checkpoint
+    np.testing.assert_allclose(reloaded.encode(TEXTS, "doc").numpy(), model.encode(TEXTS, "doc").numpy(), atol=1e-6)
