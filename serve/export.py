@@ -77,6 +77,11 @@ def write_sentence_transformer(model: DecoderEmbedder, side: str, folder: Path, 
             special_tokens=[(spec.open_token, vocab[spec.open_token]), (spec.close_token, vocab[spec.close_token])],
         )
         tokenizer.padding_side = "right"  # positions then equal the model's mask-derived positions
+        # sentence-transformers renders text through a tokenizer's chat template when it has one
+        # (instruct decoders such as SmolLM2-Instruct do); the embedding input is the bare text.
+        tokenizer.chat_template = None
+        for leftover in hf_dir.glob("chat_template.*"):
+            leftover.unlink()
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.save_pretrained(hf_dir)

@@ -23,6 +23,8 @@ def test_sentence_transformers_folder_matches_model(tmp_path, options):
     from serve.export import main
 
     model = DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0, **options)
+    # instruct decoders ship a chat template, which sentence-transformers would wrap every text in
+    model.tokenizer.chat_template = "{% for m in messages %}<|system|>{{ m['content'] }}{% endfor %}"
     model.save_pretrained(tmp_path / "checkpoint")
     main([str(tmp_path / "checkpoint"), str(tmp_path / "out"), "--max-seq-length", str(MAX_SEQ)])
     info = json.loads((tmp_path / "out" / "export.json").read_text())
@@ -35,3 +37,24 @@ def test_sentence_transformers_folder_matches_model(tmp_path, options):
         assert np.abs(got - want).max() < 1e-5
     reloaded = DecoderEmbedder.from_pretrained(tmp_path / "out")  # the export folder is also a checkpoint
     np.testing.assert_allclose(reloaded.encode(TEXTS, "doc").numpy(), model.encode(TEXTS, "doc").numpy(), atol=1e-6)
+
+
+@pytest.mark.integration
+def test_smollm2_export_matches_model(tmp_path):
+    """The offline SmolLM2-135M-Instruct decoder (chat template, GPT-2 style tokenizer); ~1 min on 2 cores."""
+    from sentence_transformers import SentenceTransformer
+
+    from models import DecoderEmbedder
+    from serve.export import export
+
+    sides = {
+        "query": {"open_token": "<|query|>", "close_token": "<|/query|>"},
+        "doc": {"open_token": "<|doc|>", "close_token": "<|/doc|>"},
+    }
+    model = DecoderEmbedder.build("smollm2-135m", sides, seed=0)
+    model.save_pretrained(tmp_path / "checkpoint")
+    info = export(tmp_path / "checkpoint", tmp_path / "out", max_seq_length=32)
+    for side in sides:
+        st = SentenceTransformer(str(tmp_path / "out" / info["sides"][side]), device="cpu")
+        got = st.encode(TEXTS, convert_to_numpy=True)
+        assert np.abs(got - model.encode(TEXTS, side, max_length=32).numpy()).max() < 1e-5
