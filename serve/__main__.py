@@ -26,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=256, help="rows per micro-batch")
     parser.add_argument("--max-length", type=int, default=512, help="longest row the model runs, delimiters included")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         max_batch_size=args.max_batch_size,
         max_length=args.max_length,
         device=args.device,
+        torch_threads=args.torch_threads,
     )
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
 

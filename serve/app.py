@@ -57,6 +57,8 @@ class Settings:
         max_queued_rows: rows waiting beyond this answer 429 (overload).
         max_length: longest row the model runs, delimiters included.
         device: torch device of the model.
+        torch_threads: intra-op threads of the model (``None``: torch's default, one per core);
+            on a machine shared with other work, fewer threads avoid stalls at thread barriers.
     """
 
     model: str | None = None
@@ -68,6 +70,7 @@ class Settings:
     max_queued_rows: int = 65536
     max_length: int = 512
     device: str = "cpu"
+    torch_threads: int | None = None
 
 
 def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> FastAPI:
@@ -84,6 +87,8 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.status = "starting"
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
         served = engine
         if served is None:
             assert settings.model is not None
