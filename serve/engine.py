@@ -75,11 +75,44 @@ class EmbeddingEngine:
 
     @torch.inference_mode()
     def run(self, rows: list[Row]) -> list[torch.Tensor]:
-        """Embed a batch of rows; returns one (D,) float32 CPU tensor per row."""
-        batch = pad_rows([row.ids for row in rows], self._pad_id, self.model.padding_side)
-        embeddings = self.model(
-            batch["input_ids"].to(self.device),
-            batch["attention_mask"].to(self.device),
-            [row.side for row in rows],
-        )  # (B, D)
-        return list(embeddings.float().cpu().unbind(0))
+        """Embed a batch of rows; returns one (D,) float32 CPU tensor per row, in row order.
+
+        Rows are sorted by length and run in chunks of similar length (see :func:`length_chunks`),
+        so a micro-batch of mixed lengths does not pay for padding every row to the longest.
+        """
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for chunk in length_chunks([len(row.ids) for row in rows], PADDING_SLACK):
+            batch = pad_rows([rows[i].ids for i in chunk], self._pad_id, self.model.padding_side)
+            embeddings = self.model(
+                batch["input_ids"].to(self.device),
+                batch["attention_mask"].to(self.device),
+                [rows[i].side for i in chunk],
+            )  # (B, D)
+            for i, vector in zip(chunk, embeddings.float().cpu().unbind(0), strict=True):
+                out[i] = vector
+        assert all(vector is not None for vector in out)
+        return out  # type: ignore[return-value]
+
+
+PADDING_SLACK = 1.25
+
+
+def length_chunks(lengths: Sequence[int], slack: float = PADDING_SLACK) -> list[list[int]]:
+    """Group row indices, shortest first, so each group's padded size is at most ``slack`` x its real tokens.
+
+    Returns:
+        index lists covering ``range(len(lengths))`` once each.
+    """
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        width = lengths[i]  # ascending: the newest row is the longest of its chunk
+        if current and width * (len(current) + 1) > slack * (real + width):
+            chunks.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += width
+    if current:
+        chunks.append(current)
+    return chunks

@@ -175,3 +175,16 @@ def test_cancelled_request_rows_are_skipped():
 def test_bad_settings_raise():
     with pytest.raises(ValueError, match="max_batch_tokens"):
         MicroBatcher(Recorder(), length_of=len, max_batch_tokens=0)
+
+
+def test_length_chunks_bound_padding_and_cover_every_row():
+    from serve.engine import length_chunks
+
+    lengths = [5, 50, 6, 48, 7, 120, 5, 49]
+    chunks = length_chunks(lengths, slack=1.25)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
+    for chunk in chunks:
+        sizes = [lengths[i] for i in chunk]
+        assert max(sizes) * len(sizes) <= 1.25 * sum(sizes)
+    assert len(chunks) == 3  # the short ones, the ~50s, and 120 alone
+    assert length_chunks([]) == []
