@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pairdata import Pair
 from train.batching import StepBatcher
 from train.checkpoint import TRAINING_STATE_DIR, find_resume_checkpoint, read_trainer_state, save_checkpoint
+from train.distributed import release_accelerator_state
 from train.freezing import train_only_top_layers
 from train.gradcache import gradcache_backward
 from train.losses import symmetric_info_nce
@@ -61,8 +62,16 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run contrastive training as configured; return the final metrics and checkpoint path.
 
     Creates the ``Accelerator`` here and nowhere else. Works unchanged on one process or many
-    (``accelerate launch``): negatives are gathered across processes by the loss.
+    (``accelerate launch``): negatives are gathered across processes by the loss. Can be called
+    again in the same process (Hydra multirun), with other settings.
     """
+    try:
+        return _train(cfg, output_dir)
+    finally:
+        release_accelerator_state()
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     import hydra
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
