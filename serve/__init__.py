@@ -1,9 +1,20 @@
 """Serving: an OpenAI-compatible ``/v1/embeddings`` server with micro-batching, and export to sentence-transformers.
 
 ``python -m serve --model FOLDER`` runs the server; ``python -m serve.export CHECKPOINT OUT``
-exports. Imports nothing from ``train/`` or ``eval/``.
+exports. Imports nothing from ``train/`` or ``eval/``. ``Settings`` and ``create_app`` are
+imported lazily so the CLIs' ``--help`` does not load torch.
 """
 
-from serve.app import Settings, create_app
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Settings", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from serve import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'serve' has no attribute {name!r}")

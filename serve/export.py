@@ -24,8 +24,10 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from models import DecoderEmbedder
+if TYPE_CHECKING:
+    from models import DecoderEmbedder
 
 ST_DIR = "sentence-transformers"
 
@@ -38,6 +40,8 @@ def export(checkpoint: str | Path, out: str | Path, max_seq_length: int = 512) -
     """
     if max_seq_length < 3:
         raise ValueError(f"max_seq_length must be >= 3 (two delimiters and one token), got {max_seq_length}")
+    from models import DecoderEmbedder
+
     out = Path(out)
     model = DecoderEmbedder.from_pretrained(checkpoint).eval()
     model.save_pretrained(out)

@@ -190,3 +190,24 @@ def test_api_key(engine):
     assert run_with_client(app, lambda client: client.get("/health")).status_code == 200
     models = run_with_client(app, lambda client: client.get("/v1/models"))
     assert_error(models, 401, "invalid_api_key", None, "authentication_error")
+
+
+def test_overload_answers_429(engine):
+    app = create_app(Settings(max_queued_rows=2), engine=engine)
+    response = post(app, {"input": ["a", "b", "c"], "model": f"{NAME}-query"})
+    assert_error(response, 429, "overloaded", None, "service_unavailable")
+
+
+def test_cli_flags_and_missing_key_env(monkeypatch):
+    from serve.__main__ import main, parse_args
+
+    args = parse_args(["--model", "m", "--max-batch-tokens", "99", "--max-wait-ms", "2.5", "--api-key-env", "K"])
+    assert (args.model, args.max_batch_tokens, args.max_wait_ms, args.api_key_env) == ("m", 99, 2.5, "K")
+    monkeypatch.delenv("CPT_TEST_NO_SUCH_KEY", raising=False)
+    with pytest.raises(SystemExit, match="CPT_TEST_NO_SUCH_KEY"):
+        main(["--model", "m", "--api-key-env", "CPT_TEST_NO_SUCH_KEY"])
+
+
+def test_create_app_needs_a_model():
+    with pytest.raises(ValueError, match="settings.model"):
+        create_app(Settings())
