@@ -164,6 +164,30 @@ def _npm(package: str, version: str) -> SourceSpec:
     )
 
 
+RAILS_VERSION = "2:6.1.7.10+dfsg-1~deb12u3"
+RUBY_GEM_PACKAGES = (
+    ("ruby-activesupport", RAILS_VERSION),
+    ("ruby-activerecord", RAILS_VERSION),
+    ("ruby-actionpack", RAILS_VERSION),
+    ("ruby-actionview", RAILS_VERSION),
+    ("rake", "13.0.6-3"),
+    ("ruby-i18n", "1.10.0-2"),
+)
+"""Debian-packaged gems with RDoc-commented methods: libruby's stdlib alone gives under 2,000 pairs."""
+
+
+def _debian_ruby_gem(package: str, version: str) -> SourceSpec:
+    """A gem Debian installs under rubygems-integration; each gem folder is one split group."""
+    return SourceSpec(
+        name=package,
+        kind="deb",
+        package=package,
+        version=version,
+        subpath="usr/share/rubygems-integration/all/gems",
+        group_depth=1,
+    )
+
+
 DEFAULT_CODE_SOURCES: dict[str, list[SourceSpec]] = {
     "python": [
         SourceSpec(
@@ -213,6 +237,7 @@ DEFAULT_CODE_SOURCES: dict[str, list[SourceSpec]] = {
             subpath="usr/lib/ruby/3.1.0",
             group_depth=1,
         ),
+        *(_debian_ruby_gem(package, version) for package, version in RUBY_GEM_PACKAGES),
     ],
     "javascript": [
         _npm("three", "0.187.0"),
