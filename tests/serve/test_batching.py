@@ -80,10 +80,10 @@ def test_waits_at_most_max_wait_ms_for_more_rows():
     recorder = Recorder()
 
     async def main():
-        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_wait_ms=100)
+        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_wait_ms=400)
         batcher.start()
         first = asyncio.create_task(batcher.submit([1]))
-        await asyncio.sleep(0.02)  # arrives inside the window: same batch
+        await asyncio.sleep(0.02)  # arrives inside the window (generous for a busy machine): same batch
         second = asyncio.create_task(batcher.submit([2]))
         await asyncio.gather(first, second)
         started = time.monotonic()
@@ -94,11 +94,11 @@ def test_waits_at_most_max_wait_ms_for_more_rows():
 
     waited = run(main())
     assert recorder.batches == [[1, 2], [3]]
-    assert 0.09 <= waited < 5
+    assert 0.39 <= waited < 10
 
 
 def test_model_runs_off_the_event_loop():
-    recorder = Recorder(delay=0.3)
+    recorder = Recorder(delay=0.5)
 
     async def main():
         batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_wait_ms=0)
@@ -118,7 +118,7 @@ def test_model_runs_off_the_event_loop():
         return ticks
 
     ticks = run(main())
-    assert ticks >= 10  # the loop kept running while the batch slept 0.3 s in the model thread
+    assert ticks >= 5  # the loop kept running while the batch slept 0.5 s in the model thread
     assert recorder.threads and threading.main_thread().name not in recorder.threads
 
 
