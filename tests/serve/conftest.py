@@ -101,3 +101,15 @@ def live_server(engine) -> Iterator[LoopbackServer]:
     from serve.app import Settings, create_app
 
     yield from loopback(create_app(Settings(max_wait_ms=5), engine=engine))
+
+
+def texts_for_retrieval(n: int = 24) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
+    """Deterministic queries, documents (query i is relevant to document i) and qrels."""
+    import random
+
+    rng = random.Random(0)
+    words = "sort list array string parse json file read write socket thread lock queue tree graph".split()
+    docs = [" ".join(rng.choices(words, k=rng.randint(5, 30))) for _ in range(n)]
+    queries = [" ".join(doc.split()[:3]) for doc in docs]
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(n)}
+    return queries, docs, qrels
