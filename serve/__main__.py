@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per micro-batch")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more rows after a batch's first")
     parser.add_argument("--max-batch-size", type=int, default=256, help="rows per micro-batch")
+    parser.add_argument("--max-queued-rows", type=int, default=65536, help="queued rows beyond this answer 429")
     parser.add_argument("--max-length", type=int, default=512, help="longest row the model runs, delimiters included")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: torch's)")
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms,
         max_batch_size=args.max_batch_size,
+        max_queued_rows=args.max_queued_rows,
         max_length=args.max_length,
         device=args.device,
         torch_threads=args.torch_threads,
