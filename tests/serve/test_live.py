@@ -131,6 +131,10 @@ def test_shutdown_finishes_requests_in_flight():
     deadline = time.monotonic() + 20
     while app.state.batcher.stats.batches == 0 and app.state.batcher.queued < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
+    started = time.perf_counter()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.get("/health").status_code == 200  # the event loop answers while the model thread sleeps
+    assert time.perf_counter() - started < SlowEngine.delay
     server.stop()  # graceful: uvicorn waits for the in-flight requests, then the lifespan drains the queue
     for thread in threads:
         thread.join(30)
