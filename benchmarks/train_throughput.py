@@ -92,8 +92,9 @@ def backbone_folder(model: str, work: Path) -> str:
         backbone.save_pretrained(work / "tiny")
         tokenizer.save_pretrained(work / "tiny")
         return str(work / "tiny")
-    from models import resolve_pretrained
     from omegaconf import OmegaConf
+
+    from models import resolve_pretrained
 
     return resolve_pretrained(OmegaConf.load(REPO_ROOT / "configs" / "model" / f"{model}.yaml").pretrained)
 
@@ -174,7 +175,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per trainer; the first is warm-up")
     parser.add_argument("--memory-batches", type=int, nargs="*", default=[64, 256, 1024])
     parser.add_argument("--memory-chunk", type=int, default=32)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CPT_DATA_DIR", REPO_ROOT.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("CPT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--memory-one", nargs=2, type=int, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,7 +198,8 @@ def main() -> None:
             theirs = sentence_transformers_seconds_per_step(
                 backbone_folder(args.model, scratch), data, args.batch, args.max_length, args.steps, scratch / "st"
             )
-            print(f"\n## Training throughput: {args.model}, batch {args.batch}, {args.max_length} tokens, full fine-tuning\n")
+            setting = f"{args.model}, batch {args.batch}, {args.max_length} tokens, full fine-tuning"
+            print(f"\n## Training throughput: {setting}\n")
             print("| trainer | s/step (median) | pairs/s | ratio |")
             print("|---|---|---|---|")
             print(f"| sentence-transformers MNSRL | {theirs:.2f} | {args.batch / theirs:.2f} | 1.00 |")
@@ -203,7 +207,8 @@ def main() -> None:
         if args.memory_batches:
             print(f"\n## Peak RSS of one step (random Llama, hidden {MEMORY_MODEL['hidden_size']}, "
                   f"{MEMORY_MODEL['num_hidden_layers']} layers, {args.max_length} tokens)\n")  # fmt: skip
-            print(f"| batch | plain: peak RSS MiB | plain: s | GradCache (chunk {args.memory_chunk}): peak RSS MiB | GradCache: s |")
+            cached = f"GradCache (chunk {args.memory_chunk})"
+            print(f"| batch | plain: peak RSS MiB | plain: s | {cached}: peak RSS MiB | {cached}: s |")
             print("|---|---|---|---|---|")
             for batch in args.memory_batches:
                 row = []
