@@ -111,7 +111,7 @@ class DecoderEmbedder(nn.Module):
         backbone, tokenizer = load_backbone(pretrained, random_config)
         add_delimiters(backbone, tokenizer, parsed.values())
         if gradient_checkpointing:
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(backbone)
         return cls(
             backbone,
             tokenizer,
@@ -313,6 +313,15 @@ class DecoderEmbedder(nn.Module):
             if model.projection is not None:
                 model.projection.weight.copy_(heads["projection.weight"])
         return model
+
+
+def enable_activation_checkpointing(backbone: PreTrainedModel) -> None:
+    """Recompute block activations in backward (non-reentrant), under either transformers name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.x
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def resolve_checkpoint_dir(directory: str | Path) -> Path:

@@ -157,3 +157,24 @@ def test_bf16_autocast_runs_on_cpu(tmp_path) -> None:
     cfg = compose_train_config(tiny_overrides(tmp_path, extra=("trainer.mixed_precision=bf16",)), tmp_path)
     result = train(cfg, tmp_path / "run")
     assert result["metrics"]["loss"] > 0
+
+
+def test_gradient_checkpointing_gives_the_same_update(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from models import DecoderEmbedder
+    from tests.conftest import TINY_LLAMA, TWO_SIDES
+
+    built = DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, gradient_checkpointing=True)
+    assert built.backbone.is_activation_checkpointing
+    weights = {}
+    for flag in ("false", "true"):
+        (tmp_path / flag).mkdir()
+        cfg = compose_train_config(
+            tiny_overrides(tmp_path / flag, extra=(f"model.gradient_checkpointing={flag}",)), tmp_path / flag
+        )
+        train(cfg, tmp_path / flag / "run")
+        state = tmp_path / flag / "run" / "checkpoints" / "step-000003" / "training_state" / "model.safetensors"
+        weights[flag] = load_file(str(state))
+    for name, tensor in weights["false"].items():
+        torch.testing.assert_close(weights["true"][name], tensor, atol=1e-6, rtol=0, msg=name)
