@@ -16,8 +16,6 @@ sentences only: code shares boilerplate 13-grams too often to use them).
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pairdata.errors import DataFormatError
+from pairdata.pairs import iter_jsonl
 from pairdata.textnorm import sentences, sha256_file, stable_hash, words
 
 _TREC_LABEL = re.compile(r"^[A-Z]+:\S+\s+")
@@ -132,21 +131,11 @@ class LeakageIndex:
 
 
 def _jsonl_texts(path: Path) -> Iterator[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(path, f"not valid JSON ({error.msg})", line=number) from None
-            if not isinstance(record, dict):
-                raise DataFormatError(path, "expected a JSON object per line", line=number)
-            for key in _JSON_TEXT_FIELDS:
-                value = record.get(key)
-                if isinstance(value, str) and value.strip():
-                    yield value
+    for _, record in iter_jsonl(path):
+        for key in _JSON_TEXT_FIELDS:
+            value = record.get(key)
+            if isinstance(value, str) and value.strip():
+                yield value
 
 
 def _line_texts(path: Path) -> Iterator[str]:

@@ -44,3 +44,14 @@ def base_manifest(name: str, kind: str, config: dict, command: str | None = None
         "config": config,
         "tools": tool_versions(),
     }
+
+
+def timing_summary(seconds: float, extract_seconds: float, files_read: int, pairs: int) -> dict:
+    """The ``timing`` block of a build manifest (throughput as ``pairdata bench`` reports it)."""
+    return {
+        "build_seconds": round(seconds, 2),
+        "extract_seconds": round(extract_seconds, 2),
+        "files_read": files_read,
+        "files_per_second": round(files_read / extract_seconds, 1) if extract_seconds else None,
+        "pairs_per_second": round(pairs / seconds, 1) if seconds else None,
+    }

@@ -19,7 +19,7 @@ from pairdata.code.docstrings import CSN_FIELDS, is_test_path, reject_reason, to
 from pairdata.code.languages import DEFAULT_CODE_SOURCES, LanguageInfo, language_info
 from pairdata.dedup import DuplicateFilter
 from pairdata.leakage import LeakageIndex
-from pairdata.manifest import base_manifest
+from pairdata.manifest import base_manifest, timing_summary
 from pairdata.progress import progress
 from pairdata.sources import Source, SourceCache, SourceSpec, iter_files, resolve
 from pairdata.splits import DEFAULT_FRACTIONS, assign_splits
@@ -228,13 +228,7 @@ def build_code(
                 "groups": {split: sum(1 for value in assignment.values() if value == split) for split in SPLITS},
             },
             "leakage": leakage.summary() if leakage is not None else None,
-            "timing": {
-                "build_seconds": round(seconds, 2),
-                "extract_seconds": round(extract_seconds, 2),
-                "files_read": files_read,
-                "files_per_second": round(files_read / extract_seconds, 1) if extract_seconds else None,
-                "pairs_per_second": round(sum(counts.values()) / seconds, 1) if seconds else None,
-            },
+            "timing": timing_summary(seconds, extract_seconds, files_read, sum(counts.values())),
         }
     )
     publish(data_dir, name, manifest)

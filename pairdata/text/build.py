@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pairdata.dedup import DuplicateFilter
 from pairdata.leakage import LeakageIndex
-from pairdata.manifest import base_manifest
+from pairdata.manifest import base_manifest, timing_summary
 from pairdata.progress import progress
 from pairdata.sources import Source, SourceCache, SourceSpec, iter_files, resolve
 from pairdata.store import partial_dir, publish, read_jsonl_gz, write_jsonl_gz
@@ -414,13 +414,7 @@ def build_text(
                 "by_kind": dict(Counter(r["kind"] for split in by_split.values() for r in split)),
             },
             "leakage": leakage.summary() if leakage is not None else None,
-            "timing": {
-                "build_seconds": round(seconds, 2),
-                "extract_seconds": round(extract_seconds, 2),
-                "files_read": files_read,
-                "files_per_second": round(files_read / extract_seconds, 1) if extract_seconds else None,
-                "pairs_per_second": round(sum(counts.values()) / seconds, 1) if seconds else None,
-            },
+            "timing": timing_summary(seconds, extract_seconds, files_read, sum(counts.values())),
         }
     )
     publish(data_dir, name, manifest)
