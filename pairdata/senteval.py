@@ -13,12 +13,31 @@ STSB_FILES = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.
 MRPC_FILES = {"train": "msr_paraphrase_train.txt", "test": "msr_paraphrase_test.txt"}
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, encoding: str = "utf-8-sig") -> list[str]:
     if not path.is_file():
-        raise DataFormatError(
-            path, "file not found: point data_root at a folder in SentEval's data/downstream layout"
-        )
-    return path.read_text(encoding="utf-8-sig").splitlines()
+        raise DataFormatError(path, "file not found: point data_root at a folder in SentEval's data/downstream layout")
+    return path.read_text(encoding=encoding).splitlines()
+
+
+def _scored_pairs(
+    path: Path, header: bool, score_column: int, first_sentence: int, score_name: str
+) -> list[tuple[str, str, float]]:
+    """``(sentence, next column's sentence, float score)`` from each tab-separated row of ``path``."""
+    needed = max(score_column, first_sentence + 1) + 1
+    triples = []
+    for number, line in enumerate(_lines(path), start=1):
+        if (header and number == 1) or not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) < needed:
+            raise DataFormatError(path, f"expected >= {needed} tab-separated columns, got {len(columns)}", number)
+        try:
+            score = float(columns[score_column])
+        except ValueError:
+            message = f"{score_name} column is not a number: {columns[score_column]!r}"
+            raise DataFormatError(path, message, number) from None
+        triples.append((columns[first_sentence], columns[first_sentence + 1], score))
+    return triples
 
 
 def read_sts_benchmark(root: str | Path, split: str) -> list[tuple[str, str, float]]:
@@ -31,19 +50,7 @@ def read_sts_benchmark(root: str | Path, split: str) -> list[tuple[str, str, flo
     if split not in STSB_FILES:
         raise ValueError(f"unknown STS-B split {split!r}; expected one of {sorted(STSB_FILES)}")
     path = Path(root) / "STS" / "STSBenchmark" / STSB_FILES[split]
-    triples = []
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        columns = line.split("\t")
-        if len(columns) < 7:
-            raise DataFormatError(path, f"expected >= 7 tab-separated columns, got {len(columns)}", number)
-        try:
-            score = float(columns[4])
-        except ValueError:
-            raise DataFormatError(path, f"score column is not a number: {columns[4]!r}", number) from None
-        triples.append((columns[5], columns[6], score))
-    return triples
+    return _scored_pairs(path, header=False, score_column=4, first_sentence=5, score_name="score")
 
 
 def read_mrpc(root: str | Path, split: str) -> list[tuple[str, str, int]]:
@@ -74,14 +81,6 @@ SST2_FILES = {"train": "sentiment-train", "dev": "sentiment-dev", "test": "senti
 TREC_FILES = {"train": "train_5500.label", "test": "TREC_10.label"}
 
 
-def _read_lines(path: Path, encoding: str) -> list[str]:
-    if not path.is_file():
-        raise DataFormatError(
-            path, "file not found: point data_root at a folder in SentEval's data/downstream layout"
-        )
-    return path.read_text(encoding=encoding).splitlines()
-
-
 def read_sick(root: str | Path, split: str) -> list[tuple[str, str, float]]:
     """SICK ``(sentence_A, sentence_B, relatedness in [1, 5])`` triples of one split.
 
@@ -92,20 +91,7 @@ def read_sick(root: str | Path, split: str) -> list[tuple[str, str, float]]:
     if split not in SICK_FILES:
         raise ValueError(f"unknown SICK split {split!r}; expected one of {sorted(SICK_FILES)}")
     path = Path(root) / "SICK" / SICK_FILES[split]
-    triples = []
-    for number, line in enumerate(_lines(path), start=1):
-        if number == 1 or not line.strip():  # header row
-            continue
-        columns = line.split("\t")
-        if len(columns) < 4:
-            raise DataFormatError(path, f"expected >= 4 tab-separated columns, got {len(columns)}", number)
-        try:
-            score = float(columns[3])
-        except ValueError:
-            message = f"relatedness column is not a number: {columns[3]!r}"
-            raise DataFormatError(path, message, number) from None
-        triples.append((columns[1], columns[2], score))
-    return triples
+    return _scored_pairs(path, header=True, score_column=3, first_sentence=1, score_name="relatedness")
 
 
 def read_binary_task(root: str | Path, task: str) -> list[tuple[str, int]]:
@@ -121,7 +107,7 @@ def read_binary_task(root: str | Path, task: str) -> list[tuple[str, int]]:
     samples = []
     for relative, label in zip(BINARY_TASK_FILES[task], (1, 0), strict=True):
         path = Path(root) / relative
-        for line in _read_lines(path, "latin-1"):
+        for line in _lines(path, "latin-1"):
             samples.append((" ".join(line.split()) or ".", label))
     return samples
 
@@ -132,7 +118,7 @@ def read_sst2(root: str | Path, split: str) -> list[tuple[str, int]]:
         raise ValueError(f"unknown SST-2 split {split!r}; expected one of {sorted(SST2_FILES)}")
     path = Path(root) / "SST" / "binary" / SST2_FILES[split]
     samples = []
-    for number, line in enumerate(_read_lines(path, "utf-8"), start=1):
+    for number, line in enumerate(_lines(path, "utf-8"), start=1):
         if not line.strip():
             continue
         columns = line.strip().split("\t")
@@ -148,7 +134,7 @@ def read_trec(root: str | Path, split: str) -> list[tuple[str, str]]:
         raise ValueError(f"unknown TREC split {split!r}; expected one of {sorted(TREC_FILES)}")
     path = Path(root) / "TREC" / TREC_FILES[split]
     samples = []
-    for number, line in enumerate(_read_lines(path, "latin-1"), start=1):
+    for number, line in enumerate(_lines(path, "latin-1"), start=1):
         if not line.strip():
             continue
         target, colon, rest = line.strip().partition(":")
