@@ -4,7 +4,7 @@ Knows nothing of training, evaluation or serving.
 """
 
 from models.backbone import OFFLINE_ALIASES, load_backbone, resolve_pretrained
-from models.embedder import DecoderEmbedder, add_delimiters
+from models.embedder import DecoderEmbedder, add_delimiters, check_matryoshka_dims, truncate_embeddings
 from models.pooling import last_token_positions, pool_last_token
 from models.sides import Side, parse_sides
 
@@ -13,9 +13,11 @@ __all__ = [
     "DecoderEmbedder",
     "Side",
     "add_delimiters",
+    "check_matryoshka_dims",
     "last_token_positions",
     "load_backbone",
     "parse_sides",
     "pool_last_token",
     "resolve_pretrained",
+    "truncate_embeddings",
 ]

@@ -46,6 +46,8 @@ class DecoderEmbedder(nn.Module):
         min_temperature: lower clamp of the temperature (upper clamp of the logit scale).
         learn_temperature: whether the temperature is trained.
         padding_side: ``right`` or ``left``; the embedding is identical either way.
+        matryoshka_dims: prefix sizes the model was trained to keep usable (Matryoshka training),
+            recorded in the checkpoint's metadata; ``None`` when it was not trained for them.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class DecoderEmbedder(nn.Module):
         min_temperature: float = 0.01,
         learn_temperature: bool = True,
         padding_side: str = "right",
+        matryoshka_dims: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not 0 < min_temperature <= init_temperature:
@@ -81,6 +84,7 @@ class DecoderEmbedder(nn.Module):
         self.hidden_size = hidden_size
         self.projection = nn.Linear(hidden_size, projection_dim, bias=False) if projection_dim else None
         self.log_scale = nn.Parameter(torch.tensor(-math.log(init_temperature)), requires_grad=learn_temperature)
+        self.matryoshka_dims = check_matryoshka_dims(matryoshka_dims, self.embedding_dim)
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -98,6 +102,7 @@ class DecoderEmbedder(nn.Module):
         padding_side: str = "right",
         gradient_checkpointing: bool = False,
         seed: int | None = None,
+        matryoshka_dims: Sequence[int] | None = None,
     ) -> DecoderEmbedder:
         """Load a pretrained decoder (or build a random one) and add the tower's delimiters.
 
@@ -122,6 +127,7 @@ class DecoderEmbedder(nn.Module):
             min_temperature=min_temperature,
             learn_temperature=learn_temperature,
             padding_side=padding_side,
+            matryoshka_dims=matryoshka_dims,
         )
 
     # ---- forward ------------------------------------------------------------------------------
@@ -245,6 +251,7 @@ class DecoderEmbedder(nn.Module):
             "init_temperature": self.init_temperature,
             "min_temperature": self.min_temperature,
             "learn_temperature": self.log_scale.requires_grad,
+            "matryoshka_dims": self.matryoshka_dims,
         }
 
     def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
@@ -303,6 +310,7 @@ class DecoderEmbedder(nn.Module):
             min_temperature=config["min_temperature"],
             learn_temperature=config["learn_temperature"],
             padding_side=config["padding_side"],
+            matryoshka_dims=config.get("matryoshka_dims"),
         )
         if not config["shared_weights"]:
             for name in sides:
@@ -313,6 +321,30 @@ class DecoderEmbedder(nn.Module):
             if model.projection is not None:
                 model.projection.weight.copy_(heads["projection.weight"])
         return model
+
+
+def check_matryoshka_dims(dims: Sequence[int] | None, embedding_dim: int) -> list[int] | None:
+    """Validate Matryoshka prefix sizes against the embedding size; return them sorted, or None."""
+    if dims is None:
+        return None
+    dims = [int(d) for d in dims]
+    if not dims:
+        raise ValueError("matryoshka_dims must be null or a non-empty list of sizes")
+    bad = [d for d in dims if not 1 <= d <= embedding_dim]
+    if bad:
+        raise ValueError(f"matryoshka_dims {bad} outside 1..{embedding_dim} (the embedding size)")
+    if len(set(dims)) != len(dims):
+        raise ValueError(f"matryoshka_dims {dims} has repeated sizes")
+    return sorted(dims)
+
+
+def truncate_embeddings(embeddings: torch.Tensor, dimensions: int | None) -> torch.Tensor:
+    """The first ``dimensions`` coordinates of each row, re-normalised (``None``: unchanged)."""
+    if dimensions is None or dimensions == embeddings.shape[-1]:
+        return embeddings
+    if not 1 <= dimensions <= embeddings.shape[-1]:
+        raise ValueError(f"dimensions={dimensions} outside 1..{embeddings.shape[-1]}")
+    return F.normalize(embeddings[..., :dimensions], dim=-1)
 
 
 def enable_activation_checkpointing(backbone: PreTrainedModel) -> None:

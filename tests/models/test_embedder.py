@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from models import DecoderEmbedder, parse_sides
+from models import DecoderEmbedder, parse_sides, truncate_embeddings
 from tests.conftest import TINY_LLAMA, TWO_SIDES
 
 TEXTS = ["the cat sat on the mat", "def add(a, b): return a + b", "quarterly results rose"]
@@ -140,3 +140,25 @@ def test_decoder_families_pool_the_same_under_both_paddings(config) -> None:
     for padding_side in ("right", "left"):
         model.padding_side = padding_side
         torch.testing.assert_close(model.encode(TEXTS, "doc"), alone, atol=1e-5, rtol=0)
+
+
+def test_matryoshka_dims_are_checked_and_survive_save_load(tmp_path) -> None:
+    model = DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0, matryoshka_dims=[16, 4, 8])
+    assert model.matryoshka_dims == [4, 8, 16]
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "embedder_config.json").read_text())["matryoshka_dims"] == [4, 8, 16]
+    assert DecoderEmbedder.from_pretrained(tmp_path / "m").matryoshka_dims == [4, 8, 16]
+    size = model.embedding_dim
+    for bad, message in (([size + 1], "outside"), ([0], "outside"), ([4, 4], "repeated"), ([], "non-empty")):
+        with pytest.raises(ValueError, match=message):
+            DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0, matryoshka_dims=bad)
+
+
+def test_truncate_embeddings_renormalises_the_prefix() -> None:
+    vectors = torch.nn.functional.normalize(torch.randn(5, 12), dim=-1)
+    short = truncate_embeddings(vectors, 4)
+    assert torch.allclose(short, vectors[:, :4] / vectors[:, :4].norm(dim=-1, keepdim=True))
+    assert torch.allclose(short.norm(dim=-1), torch.ones(5))
+    assert truncate_embeddings(vectors, None) is vectors
+    with pytest.raises(ValueError, match="outside"):
+        truncate_embeddings(vectors, 13)
