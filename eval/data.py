@@ -1,5 +1,9 @@
 """Benchmark data readers owned by the harness: BEIR-layout folders, and file hashing for provenance.
 
+BEIR datasets can also be fetched by name (:func:`download_beir`): BEIR's public zip, checked
+against its published md5 and the zip's CRCs, unzipped into a hidden temporary folder and renamed
+into place, so a failed or interrupted download never leaves a half-written dataset folder.
+
 SentEval-layout files (STS-B, SICK, MR, ..., MRPC) are read by ``pairdata.senteval``.
 """
 
@@ -8,6 +12,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
+import re
+import shutil
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +25,37 @@ from pairdata.pairs import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
-BEIR_DOWNLOAD_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+BEIR_URL_BASE = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
+BEIR_DOWNLOAD_URL = BEIR_URL_BASE + "/{name}.zip"
+BEIR_URL_ENV = "CPT_BEIR_URL"  # replaces BEIR_URL_BASE (a mirror, or a local server in tests)
+OFFLINE_ENVS = ("CPT_OFFLINE", "HF_HUB_OFFLINE")  # either set (to anything but 0/false/no/off): no downloads
+
+# md5 of each public zip, as published in BEIR's README ("Available Datasets").
+BEIR_MD5 = {
+    "msmarco": "444067daf65d982533ea17ebd59501e4",
+    "trec-covid": "ce62140cb23feb9becf6270d0d1fe6d1",
+    "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d",
+    "nq": "d4d3d2e48787a744b6f6e691ff534307",
+    "hotpotqa": "f412724f78b0d91183a0e86805e16114",
+    "fiqa": "17918ed23cd04fb15047f73e6c3bd9d9",
+    "arguana": "8ad3e3c2a5867cdced806d6503f29b99",
+    "webis-touche2020": "46f650ba5a527fc69e0a6521c5a23563",
+    "cqadupstack": "4e41456d7df8ee7760a7f866133bda78",
+    "quora": "18fb154900ba42a600f84b839c173167",
+    "dbpedia-entity": "c2a39eb420a3164af735795df012ac2c",
+    "scidocs": "38121350fc3a4d2f48850f6aff52e4a9",
+    "fever": "5a818580227bfb4b35bb6fa46d9b6c03",
+    "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d",
+    "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
+}
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class DatasetDownloadError(DataFormatError):
+    """A BEIR dataset is absent and could not be fetched (offline, unreachable, corrupt or wrong zip).
+
+    The message names the folder to create and the URL to fetch it from.
+    """
 
 
 def sha256_file(path: str | Path) -> str:
@@ -116,7 +155,8 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
         raise DataFormatError(
             folder,
             f"BEIR dataset folder not found; offline, download {BEIR_DOWNLOAD_URL.format(name=name)} "
-            "elsewhere and unzip it there (or set benchmark.data_root)",
+            "elsewhere and unzip it there (or set benchmark.data_root); with a network, a dataset given by "
+            "name is fetched by itself (benchmark.download=true)",
         )
     corpus_path, queries_path = _find(folder, "corpus"), _find(folder, "queries")
     qrels_path = folder / "qrels" / f"{split}.tsv"
@@ -145,3 +185,173 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
         missing_qrel_docs=missing_docs,
         missing_qrel_queries=missing_queries,
     )
+
+
+# ---- fetching BEIR datasets by name ---------------------------------------------------------------
+
+
+def offline_reason() -> str | None:
+    """``"CPT_OFFLINE=1 is set"`` (or ``HF_HUB_OFFLINE``) when downloads are switched off, else ``None``."""
+    for name in OFFLINE_ENVS:
+        value = os.environ.get(name, "").strip().lower()
+        if value and value not in ("0", "false", "no", "off"):
+            return f"{name}={os.environ[name]} is set"
+    return None
+
+
+def beir_url(name: str, url_base: str | None = None) -> str:
+    """The zip URL of dataset ``name``: ``url_base``, else ``$CPT_BEIR_URL``, else BEIR's public server."""
+    base = url_base or os.environ.get(BEIR_URL_ENV) or BEIR_URL_BASE
+    return f"{base.rstrip('/')}/{name}.zip"
+
+
+def _how_to_get(name: str, folder: Path, url: str) -> str:
+    return (
+        f"create the folder {folder}: fetch {url} on a machine with network, unzip it and move its "
+        f"{name}/ folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) to {folder}; "
+        "or point benchmark.data_root at a folder that holds it"
+    )
+
+
+def download_beir(
+    name: str,
+    root: str | Path,
+    url_base: str | None = None,
+    md5: str | None = None,
+    show_progress: bool = True,
+    timeout_s: float = 60.0,
+) -> Path:
+    """Fetch BEIR dataset ``name`` into ``root/name`` and return that folder.
+
+    Steps: refuse when offline (``$CPT_OFFLINE`` / ``$HF_HUB_OFFLINE``); stream the zip into a
+    hidden temporary file under ``root`` with a progress bar; check its size against
+    Content-Length, its md5 against ``md5`` (default: BEIR's published md5 when the name has one)
+    and every member's CRC; unzip into a hidden temporary folder (members escaping it are
+    refused); check the BEIR layout; rename the dataset folder to ``root/name``. Any failure
+    removes the temporary file and folder, so ``root/name`` is either complete or absent.
+
+    Raises:
+        DatasetDownloadError: offline, unreachable, HTTP error, truncated or corrupt zip, checksum
+            mismatch, or a zip without a BEIR dataset inside; the message says how to get it by hand.
+    """
+    if not _DATASET_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a BEIR dataset name (letters, digits, '.', '_', '-')")
+    root = Path(root)
+    target = root / name
+    url = beir_url(name, url_base)
+    how = _how_to_get(name, target, url)
+    reason = offline_reason()
+    if reason is not None:
+        raise DatasetDownloadError(target, f"BEIR dataset {name!r} not found, and downloads are off ({reason}); {how}")
+    expected_md5 = md5 if md5 is not None else BEIR_MD5.get(name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.download-"))
+    except OSError as error:
+        raise DatasetDownloadError(
+            target, f"cannot write the download under {root} ({error}); set benchmark.download_dir, or {how}"
+        ) from None
+    try:
+        archive = work / f"{name}.zip"
+        digest = _fetch(url, archive, show_progress, timeout_s, target, how)
+        if expected_md5 is not None and digest != expected_md5.lower():
+            raise DatasetDownloadError(
+                target, f"{url}: md5 {digest} differs from the published {expected_md5}; nothing was written; {how}"
+            )
+        extracted = work / "unzipped"
+        _unzip(archive, extracted, url, target, how)
+        archive.unlink()
+        folder = _dataset_folder(extracted, name)
+        if folder is None:
+            raise DatasetDownloadError(
+                target, f"{url} holds no BEIR dataset (corpus.jsonl, queries.jsonl, qrels/); nothing was written"
+            )
+        try:
+            os.rename(folder, target)
+        except OSError:
+            if not target.is_dir():  # another process may have finished the same download first
+                raise
+            logger.info("%s appeared meanwhile; keeping it", target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info("BEIR dataset %s downloaded from %s into %s", name, url, target)
+    return target
+
+
+def _fetch(url: str, path: Path, show_progress: bool, timeout_s: float, target: Path, how: str) -> str:
+    """Stream ``url`` into ``path``; return the md5. Network and HTTP failures become clear errors."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    digest = hashlib.md5()
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, path.open("wb") as handle:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name, disable=not show_progress
+            ) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    handle.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.update(len(block))
+    except urllib.error.HTTPError as error:
+        raise DatasetDownloadError(target, f"{url}: HTTP {error.code} {error.reason}; {how}") from None
+    except http.client.IncompleteRead as error:
+        raise DatasetDownloadError(
+            target,
+            f"{url}: download truncated ({received + len(error.partial)} bytes, then the connection ended); "
+            f"nothing was written; {how}",
+        ) from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DatasetDownloadError(
+            target, f"BEIR dataset not found, and {url} could not be fetched ({reason}); {how}"
+        ) from None
+    if total is not None and received != total:
+        raise DatasetDownloadError(
+            target, f"{url}: download truncated ({received} of {total} bytes); nothing was written; {how}"
+        )
+    return digest.hexdigest()
+
+
+def _unzip(archive: Path, destination: Path, url: str, target: Path, how: str) -> None:
+    """Extract after checking every member's CRC and that no member escapes ``destination``."""
+    destination.mkdir()
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            bad = bundle.testzip()
+            if bad is not None:
+                raise DatasetDownloadError(
+                    target, f"{url}: corrupt zip (CRC error in {bad}); nothing was written; {how}"
+                )
+            base = destination.resolve()
+            for member in bundle.namelist():
+                resolved = (destination / member).resolve()
+                if resolved != base and base not in resolved.parents:
+                    raise DatasetDownloadError(target, f"{url}: zip member {member!r} escapes its folder; refused")
+            bundle.extractall(destination)
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise DatasetDownloadError(target, f"{url}: not a valid zip ({error}); nothing was written; {how}") from None
+
+
+def _is_beir_folder(folder: Path) -> bool:
+    def has(stem: str) -> bool:
+        return (folder / f"{stem}.jsonl").is_file() or (folder / f"{stem}.jsonl.gz").is_file()
+
+    return has("corpus") and has("queries") and (folder / "qrels").is_dir()
+
+
+def _dataset_folder(extracted: Path, name: str) -> Path | None:
+    """The BEIR folder inside an unzipped archive: ``<name>/`` (BEIR's zips), the sole folder, or the root."""
+    candidates = [extracted / name]
+    folders = [path for path in extracted.iterdir() if path.is_dir() and not path.name.startswith("__MACOSX")]
+    if len(folders) == 1:
+        candidates.append(folders[0])
+    candidates.append(extracted)
+    return next((folder for folder in candidates if _is_beir_folder(folder)), None)

@@ -1,7 +1,9 @@
 """BEIR retrieval: exact dense search (or a lexical source), scored with pytrec_eval.
 
 Each dataset is a BEIR-layout folder (``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``,
-``qrels/<split>.tsv``), named under ``data_root`` or given as a path. Documents are encoded as
+``qrels/<split>.tsv``), named under ``data_root`` or given as a path. A name found neither under
+``data_root`` nor under ``download_dir`` is fetched from BEIR's server (``eval.data.download_beir``)
+before anything is encoded; offline, the error names the folder to create and the URL. Documents are encoded as
 ``title + " " + text`` with the ``document`` role, queries with the ``query`` role. Metrics:
 nDCG@10 (main), MAP@100, Recall@100 and MRR@10 (x100), and their average over datasets.
 """
@@ -9,11 +11,12 @@ nDCG@10 (main), MAP@100, Recall@100 and MRR@10 (x100), and their average over da
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from eval.benchmarks import BenchmarkOutput, Context, resolve_data_path
-from eval.data import BeirDataset, load_beir
+from eval.data import BeirDataset, download_beir, load_beir
 from eval.metrics import RETRIEVAL_METRICS, retrieval_scores
 from eval.report import Score
 from eval.search import exact_search
@@ -45,6 +48,13 @@ class BeirBenchmark:
     ignore_identical_ids: drop a hit whose doc id equals the query id (BEIR's rule).
     metrics: metric names (``ndcg@10``, ``map@100``, ``recall@100``, ``mrr@10``); the first is main.
     chunk_size: queries per search matmul.
+    download: fetch a named dataset that is not on disk (never when ``$CPT_OFFLINE`` or
+        ``$HF_HUB_OFFLINE`` is set: then the error says where to put it).
+    download_dir: where fetched datasets go (``<download_dir>/<name>``), also searched for names;
+        ``None``: ``data_root``.
+    download_url: the folder URL holding ``<name>.zip``; ``None``: ``$CPT_BEIR_URL``, else BEIR's server.
+    checksums: name -> md5 of the zip, over BEIR's published md5s (for mirrors of other files).
+    show_progress: a progress bar while downloading.
     """
 
     name = "beir"
@@ -58,6 +68,11 @@ class BeirBenchmark:
         ignore_identical_ids: bool = True,
         metrics: list[str] | tuple[str, ...] = RETRIEVAL_METRICS,
         chunk_size: int = 1024,
+        download: bool = True,
+        download_dir: str | None = None,
+        download_url: str | None = None,
+        checksums: dict[str, str] | None = None,
+        show_progress: bool = True,
     ) -> None:
         if not datasets:
             raise ValueError("benchmark.datasets is empty; name at least one BEIR dataset or folder")
@@ -71,11 +86,33 @@ class BeirBenchmark:
         self.ignore_identical_ids = ignore_identical_ids
         self.metrics = list(metrics)
         self.chunk_size = chunk_size
+        self.download = download
+        self.download_dir = resolve_data_path(download_dir) if download_dir else None
+        self.download_url = download_url
+        self.checksums = dict(checksums or {})
+        self.show_progress = show_progress
 
-    def folder(self, dataset: str):
+    def folder(self, dataset: str) -> Path:
+        """Where ``dataset`` is read from: a given path, ``data_root/<name>`` or ``download_dir/<name>``."""
         if "/" in dataset or "\\" in dataset:
             return resolve_data_path(dataset)
+        if self.download_dir is not None and not (self.data_root / dataset).is_dir():
+            if (self.download_dir / dataset).is_dir():
+                return self.download_dir / dataset
         return self.data_root / dataset
+
+    def prepare(self, dataset: str) -> Path:
+        """The folder of ``dataset``, downloading a named one that is on disk nowhere (when allowed)."""
+        folder = self.folder(dataset)
+        if folder.is_dir() or not self.download or "/" in dataset or "\\" in dataset:
+            return folder  # a missing folder is reported by load_beir, naming it and the URL
+        return download_beir(
+            dataset,
+            self.download_dir or self.data_root,
+            url_base=self.download_url,
+            md5=self.checksums.get(dataset),
+            show_progress=self.show_progress,
+        )
 
     def retrieve(self, data: BeirDataset, context: Context) -> dict[str, dict[str, float]]:
         """query id -> {doc id: score}, top ``top_k`` per query."""
@@ -106,8 +143,10 @@ class BeirBenchmark:
         scores: list[Score] = []
         files = {}
         details = {}
-        for dataset in self.datasets:
-            data = load_beir(self.folder(dataset), self.split)
+        # Every dataset is on disk before the first encode (and before a source can set HF_HUB_OFFLINE).
+        folders = [self.prepare(dataset) for dataset in self.datasets]
+        for folder in folders:
+            data = load_beir(folder, self.split)
             files.update({f"{data.name}/{label}": path for label, path in data.files.items()})
             run = self.retrieve(data, context)
             means, _ = retrieval_scores(data.qrels, run, self.metrics)

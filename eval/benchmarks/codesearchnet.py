@@ -1,22 +1,27 @@
 """CodeSearchNet code search: MRR (x100) of the true code among 999 distractors, per language.
 
 Protocol (CodeBERT's, Feng et al., 2020, arXiv 2002.08155; used by the cpt paper): the test
-records of a language, in file order, are cut into consecutive groups of 1,000; each docstring
-(role ``text``) ranks the 1,000 codes of its group (role ``code``): its own plus 999 distractors.
-The rank counts every code scoring at least as high as the true one (ties count against), and MRR
-is the mean of 1/rank. A final incomplete group is dropped, as CodeBERT does, unless it is the
-only group (small data): then it is used with a warning and its distractor count is reported.
+records of a language are shuffled as CodeBERT's ``process_data.py`` shuffles them
+(``np.random.seed(0); np.random.shuffle(indices)``) and cut into consecutive groups of 1,000; each
+docstring (role ``text``) ranks the 1,000 codes of its group (role ``code``): its own plus 999
+distractors. The rank counts every code scoring at least as high as the true one (ties count
+against), and MRR is the mean of 1/rank. A final incomplete group is dropped, as CodeBERT does,
+unless it is the only group (small data): then it is used with a warning and its distractor count
+is reported. The shuffle matters: test files list functions file by file, so consecutive groups in
+file order would pit each function against its own neighbours (``shuffle_seed=None`` does that).
 
 Files per language, first found wins:
 - the official release: ``<root>/<lang>/final/jsonl/test/*.jsonl.gz``;
 - this project's data builder: ``<root>/code-<lang>/test.jsonl[.gz]``;
 - CodeBERT's preprocessed files: ``<root>/<lang>/test.jsonl[.gz]``.
-Records are CodeSearchNet-jsonl: token-list fields are joined with spaces, string fields used as is.
+Records are CodeSearchNet-jsonl: token-list fields are joined with spaces (line breaks inside a
+token become spaces, CodeBERT's ``format_str``), string fields used as is.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,12 +35,13 @@ from pairdata.pairs import iter_jsonl
 logger = logging.getLogger(__name__)
 
 LANGUAGES = ("go", "java", "javascript", "php", "python", "ruby")
+_LINE_BREAKS = re.compile(r"\r\n|\r|\n")
 
 
 def _field_text(record: dict, field: str, path: Path, line: int) -> str:
     value = record.get(field)
     if isinstance(value, list) and all(isinstance(token, str) for token in value):
-        value = " ".join(value)
+        value = " ".join(_LINE_BREAKS.sub(" ", token) for token in value)
     if not isinstance(value, str) or not value.strip():
         raise DataFormatError(path, f"field {field!r} must be a non-empty string or token list", line)
     return value
@@ -49,6 +55,17 @@ def group_mrr(text_vectors: np.ndarray, code_vectors: np.ndarray) -> np.ndarray:
     return 1.0 / ranks
 
 
+def codebert_order(count: int, seed: int | None) -> np.ndarray:
+    """``np.random.seed(seed); np.random.shuffle(np.arange(count))`` without touching the global RNG.
+
+    ``RandomState(seed)`` is the generator behind ``np.random.seed``, so this is CodeBERT's permutation.
+    """
+    indices = np.arange(count)
+    if seed is not None:
+        np.random.RandomState(seed).shuffle(indices)
+    return indices
+
+
 class CodeSearchNetBenchmark:
     """Args:
     data_root: folder holding the languages (see the module docstring for the layouts).
@@ -57,6 +74,7 @@ class CodeSearchNetBenchmark:
     group_size: codes ranked per query, the true one included (1,000: 999 distractors).
     query_field: record field for the query (``docstring_tokens``, as CodeBERT; or ``docstring``).
     code_field: record field for the code (``code_tokens``, as CodeBERT; or ``code``).
+    shuffle_seed: seed of CodeBERT's shuffle before grouping (0, as CodeBERT); ``None`` keeps file order.
     """
 
     name = "codesearchnet"
@@ -69,6 +87,7 @@ class CodeSearchNetBenchmark:
         group_size: int = 1000,
         query_field: str = "docstring_tokens",
         code_field: str = "code_tokens",
+        shuffle_seed: int | None = 0,
     ) -> None:
         unknown = [language for language in languages if language not in LANGUAGES]
         if unknown:
@@ -81,6 +100,7 @@ class CodeSearchNetBenchmark:
         self.group_size = group_size
         self.query_field = query_field
         self.code_field = code_field
+        self.shuffle_seed = shuffle_seed
 
     def files(self, language: str) -> list[Path]:
         root = self.data_root
@@ -106,6 +126,10 @@ class CodeSearchNetBenchmark:
                 codes.append(_field_text(record, self.code_field, path, line))
         return texts, codes, files
 
+    def order(self, count: int) -> np.ndarray:
+        """Record indices in evaluation order: CodeBERT's seeded shuffle, or file order without a seed."""
+        return codebert_order(count, self.shuffle_seed)
+
     def run(self, context: Context) -> BenchmarkOutput:
         encoder = context.require_dense(self.name)
         scores: list[Score] = []
@@ -113,6 +137,8 @@ class CodeSearchNetBenchmark:
         details = {}
         for language in self.languages:
             texts, codes, language_files = self.load(language)
+            order = self.order(len(texts))
+            texts, codes = [texts[i] for i in order], [codes[i] for i in order]
             files.update({f"{language}/{path.name}": path for path in language_files})
             n_groups = len(texts) // self.group_size
             size = self.group_size
@@ -141,6 +167,7 @@ class CodeSearchNetBenchmark:
                 "queries": used,
                 "groups": n_groups,
                 "distractors": size - 1,
+                "shuffle_seed": self.shuffle_seed,
             }
             logger.info("%s: MRR %.2f over %d queries", language, value, used)
         if len(self.languages) > 1:

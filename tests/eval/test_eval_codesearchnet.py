@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eval.benchmarks import Context
-from eval.benchmarks.codesearchnet import CodeSearchNetBenchmark, group_mrr
+from eval.benchmarks.codesearchnet import CodeSearchNetBenchmark, codebert_order, group_mrr
 from pairdata.errors import DataFormatError
 
 
@@ -41,13 +41,19 @@ def _write(path: Path, n: int) -> None:
 
 def test_groups_of_group_size_drop_the_partial_tail(tmp_path: Path) -> None:
     _write(tmp_path / "code-python" / "test.jsonl", 130)
-    bench = CodeSearchNetBenchmark(str(tmp_path), languages=["python"], group_size=50)
+    bench = CodeSearchNetBenchmark(str(tmp_path), languages=["python"], group_size=50, shuffle_seed=None)
     output = bench.run(Context.for_source(_LengthSource(), "length", None, False))
-    assert output.details["python"] == {"pairs": 130, "queries": 100, "groups": 2, "distractors": 49}
+    assert output.details["python"] == {
+        "pairs": 130,
+        "queries": 100,
+        "groups": 2,
+        "distractors": 49,
+        "shuffle_seed": None,
+    }
     assert output.scores[0].key == "codesearchnet/python/mrr"
     assert output.scores[0].value == pytest.approx(100.0)
     # Fewer pairs than one group: all 130 are ranked together, and t<i> ties with t<i+50>.
-    whole = CodeSearchNetBenchmark(str(tmp_path), languages=["python"], group_size=1000)
+    whole = CodeSearchNetBenchmark(str(tmp_path), languages=["python"], group_size=1000, shuffle_seed=None)
     output = whole.run(Context.for_source(_LengthSource(), "length", None, False))
     assert output.details["python"]["distractors"] == 129
     assert output.scores[0].value < 100.0
@@ -64,3 +70,38 @@ def test_missing_language_and_bad_record_are_clear_errors(tmp_path: Path) -> Non
     )
     with pytest.raises(DataFormatError, match=r"test\.jsonl:2: field 'docstring_tokens'"):
         bench.load("go")
+
+
+def test_records_are_shuffled_as_codebert_before_grouping(tmp_path: Path) -> None:
+    # CodeBERT's process_data.py: np.random.seed(0); np.random.shuffle(idxs); then chunks of 1,000.
+    expected = np.arange(130)
+    np.random.seed(0)
+    np.random.shuffle(expected)
+    assert codebert_order(130, 0).tolist() == expected.tolist()
+    assert codebert_order(5, None).tolist() == [0, 1, 2, 3, 4]
+
+    _write(tmp_path / "code-python" / "test.jsonl", 130)
+    seen: list[list[str]] = []
+
+    class Recording(_LengthSource):
+        def encode(self, texts, role):
+            seen.append(list(texts))
+            return super().encode(texts, role)
+
+    bench = CodeSearchNetBenchmark(str(tmp_path), languages=["python"], group_size=50)
+    output = bench.run(Context.for_source(Recording(), "length", None, False))
+    assert output.details["python"]["shuffle_seed"] == 0
+    # The 100 ranked queries are the first two chunks of the shuffled records, not records 0..99.
+    assert seen[0] == sorted({f"t{i}" for i in expected[:100]})
+    # In shuffled groups t<i> can meet t<i+50> (same one-hot), so this stand-in no longer scores 100.
+    assert output.scores[0].value < 100.0
+
+
+def test_code_tokens_with_line_breaks_are_flattened(tmp_path: Path) -> None:
+    path = tmp_path / "code-go" / "test.jsonl"
+    path.parent.mkdir()
+    record = {"docstring_tokens": ["adds", "one"], "code_tokens": ["s", "=", '"a\nb"', "\r\n"]}
+    path.write_text(json.dumps(record) + "\n")
+    texts, codes, _ = CodeSearchNetBenchmark(str(tmp_path), languages=["go"]).load("go")
+    assert texts == ["adds one"]
+    assert codes == ['s = "a b"  ']
