@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from train.losses import symmetric_info_nce
+from train.losses import Matryoshka, symmetric_info_nce
 
 
 class RandState:
@@ -55,6 +55,7 @@ def gradcache_backward(
     autocast: Callable[[], AbstractContextManager],
     sync_last: bool,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    matryoshka: Matryoshka | None = None,
 ) -> dict[str, torch.Tensor]:
     """Accumulate into ``.grad`` the gradients of ``loss_weight * loss`` for one micro-batch.
 
@@ -71,9 +72,10 @@ def gradcache_backward(
         autocast: mixed-precision context.
         sync_last: whether the last chunk's backward should all-reduce gradients.
         backward: runs a backward pass (``accelerator.backward``, which applies fp16 loss scaling).
+        matryoshka: prefix sizes and weights of the objective (``None``: the plain loss).
 
     Returns:
-        ``contrastive_loss`` and ``accuracy``, detached.
+        The loss terms of :func:`train.losses.symmetric_info_nce`, detached.
     """
     device = embedder.log_scale.device
     input_ids = batch["input_ids"].to(device)
@@ -90,9 +92,9 @@ def gradcache_backward(
     cached = torch.cat(pieces).detach().requires_grad_()  # (2B, D)
 
     # Step (2): full-batch loss; gradients for the embeddings and the temperature only.
-    out = symmetric_info_nce(cached[:num_x], cached[num_x:], embedder.logit_scale(), rank, world_size)
+    out = symmetric_info_nce(cached[:num_x], cached[num_x:], embedder.logit_scale(), rank, world_size, matryoshka)
     embedding_grad, scale_grad = torch.autograd.grad(
-        out["contrastive_loss"] * loss_weight, [cached, embedder.log_scale], allow_unused=True
+        out["loss"] * loss_weight, [cached, embedder.log_scale], allow_unused=True
     )
 
     # Step (3): replay each chunk with a graph and push the cached gradients into the weights.
@@ -106,4 +108,4 @@ def gradcache_backward(
                 # The temperature's gradient joins the last backward, so DDP sees every parameter.
                 surrogate = surrogate + (embedder.log_scale * scale_grad).sum()
             backward(surrogate)
-    return {"contrastive_loss": out["contrastive_loss"].detach(), "accuracy": out["accuracy"]}
+    return {key: value.detach() for key, value in out.items()}

@@ -18,13 +18,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from models import truncate_embeddings
 from pairdata import Pair
 from train.batching import StepBatcher
 from train.checkpoint import TRAINING_STATE_DIR, find_resume_checkpoint, read_trainer_state, save_checkpoint
 from train.distributed import release_accelerator_state
 from train.freezing import train_only_top_layers
 from train.gradcache import gradcache_backward
-from train.losses import symmetric_info_nce
+from train.losses import Matryoshka, symmetric_info_nce
 from train.settings import TrainerSettings
 from train.tracking import MetricsFile, tracker_settings
 
@@ -121,6 +122,9 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     embedder = accelerator.unwrap_model(model)
+    matryoshka = Matryoshka.from_settings(settings.matryoshka_dims, settings.matryoshka_weights, embedder.embedding_dim)
+    if matryoshka is not None:
+        embedder.matryoshka_dims = sorted(matryoshka.dims)  # recorded in every checkpoint's config
 
     metrics_file = MetricsFile(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
     start_step = 0
@@ -148,7 +152,10 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     def validate(step: int) -> dict[str, float]:
         if not val_pairs:
             return {}
-        scores = validation_metrics(embedder, val_pairs, (x_side, y_side), settings.max_length, settings.batch_size)
+        scores = validation_metrics(
+            embedder, val_pairs, (x_side, y_side), settings.max_length, settings.batch_size,
+            matryoshka.dims if matryoshka else (),
+        )  # fmt: skip
         metrics_file.write({"step": step, **scores})
         accelerator.log({f"val/{key.removeprefix('val_')}": value for key, value in scores.items()}, step=step)
         return scores
@@ -166,6 +173,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         loss_sum = torch.zeros((), device=accelerator.device)
         accuracy_sum = torch.zeros((), device=accelerator.device)
         tokens = torch.zeros((), device=accelerator.device)
+        prefix_loss_sums: dict[str, torch.Tensor] = {}
         for index, micro in enumerate(micro_batches):
             texts = [pair.x for pair in micro] + [pair.y for pair in micro]
             sides = [x_side] * len(micro) + [y_side] * len(micro)
@@ -177,7 +185,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                     model, embedder, batch, sides, len(micro), settings.gradcache_chunk,
                     1.0 / settings.grad_accum_steps, rank, world,
                     no_sync=lambda: accelerator.no_sync(model), autocast=accelerator.autocast, sync_last=last,
-                    backward=accelerator.backward,
+                    backward=accelerator.backward, matryoshka=matryoshka,
                 )  # fmt: skip
             else:
                 with accelerator.no_sync(model) if not last else nullcontext(), accelerator.autocast():
@@ -187,11 +195,15 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                         sides,
                     )  # (2B, D)
                     out = symmetric_info_nce(
-                        embeddings[: len(micro)], embeddings[len(micro) :], embedder.logit_scale(), rank, world
-                    )
-                    accelerator.backward(out["contrastive_loss"] / settings.grad_accum_steps)
-            loss_sum += out["contrastive_loss"].detach()
+                        embeddings[: len(micro)], embeddings[len(micro) :], embedder.logit_scale(), rank, world,
+                        matryoshka,
+                    )  # fmt: skip
+                    accelerator.backward(out["loss"] / settings.grad_accum_steps)
+            loss_sum += out["loss"].detach()
             accuracy_sum += out["accuracy"]
+            for key in out:
+                if key.startswith("loss@"):
+                    prefix_loss_sums[key] = prefix_loss_sums.get(key, 0) + out[key].detach()
         loss = accelerator.reduce(loss_sum / len(micro_batches), "mean").item()
         if not math.isfinite(loss):
             raise NonFiniteLossError(
@@ -218,6 +230,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             "pairs_per_s": global_batch / seconds,
             "tokens_per_s": total_tokens / seconds,
         }
+        for key, total in prefix_loss_sums.items():
+            record[key] = accelerator.reduce(total / len(micro_batches), "mean").item()
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
             metrics_file.write(record)
             accelerator.log({f"train/{key}": value for key, value in record.items() if key != "step"}, step=step + 1)
@@ -270,11 +284,23 @@ def split_validation(pairs: Sequence[Pair], count: int, seed: int) -> tuple[list
 
 @torch.no_grad()
 def validation_metrics(
-    embedder: Any, pairs: Sequence[Pair], sides: tuple[str, str], max_length: int, batch_size: int
+    embedder: Any,
+    pairs: Sequence[Pair],
+    sides: tuple[str, str],
+    max_length: int,
+    batch_size: int,
+    prefix_dims: Sequence[int] = (),
 ) -> dict[str, float]:
     """Loss and top-1 accuracy over the held-out pairs as ONE batch (every other pair a negative),
-    so values are comparable across steps; run identically on every process."""
+    so values are comparable across steps; run identically on every process. For each of
+    ``prefix_dims`` (Matryoshka sizes) also the accuracy of the re-normalised prefix."""
     x = embedder.encode([p.x for p in pairs], sides[0], batch_size=batch_size, max_length=max_length)
     y = embedder.encode([p.y for p in pairs], sides[1], batch_size=batch_size, max_length=max_length)
-    out = symmetric_info_nce(x, y, embedder.logit_scale().detach().float().cpu())
-    return {"val_loss": out["contrastive_loss"].item(), "val_accuracy": out["accuracy"].item()}
+    scale = embedder.logit_scale().detach().float().cpu()
+    out = symmetric_info_nce(x, y, scale)
+    scores = {"val_loss": out["contrastive_loss"].item(), "val_accuracy": out["accuracy"].item()}
+    for dim in prefix_dims:
+        if dim < x.shape[1]:
+            prefix = symmetric_info_nce(truncate_embeddings(x, dim), truncate_embeddings(y, dim), scale)
+            scores[f"val_accuracy@{dim}"] = prefix["accuracy"].item()
+    return scores

@@ -33,6 +33,8 @@ class TrainerSettings:
     gradcache_chunk: int | None = None
     eval_every: int = 0
     temperature_lr: float | None = None
+    matryoshka_dims: list[int] | None = None
+    matryoshka_weights: list[float] | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainerSettings:

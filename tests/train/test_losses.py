@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from train.losses import symmetric_info_nce
+from train.losses import Matryoshka, symmetric_info_nce
 
 
 def test_loss_matches_hand_computed_value() -> None:
@@ -42,3 +42,43 @@ def test_perfect_pairs_reach_full_accuracy_and_low_loss() -> None:
     out = symmetric_info_nce(x, x.clone(), torch.tensor(50.0))
     assert out["accuracy"].item() == 1.0
     assert out["contrastive_loss"].item() < 1e-10 + 4 * math.exp(-50)
+
+
+def _unit(rows: int, dim: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(rows, dim, generator=generator), dim=1)
+
+
+def test_matryoshka_objective_is_the_weighted_sum_of_renormalised_prefix_losses() -> None:
+    x, y, scale = _unit(6, 16, 1), _unit(6, 16, 2), torch.tensor(20.0)
+    spec = Matryoshka.from_settings([4, 8, 16], [0.5, 1.0, 2.0], embedding_dim=16)
+    out = symmetric_info_nce(x, y, scale, matryoshka=spec)
+    expected = 0.0
+    for dim, weight in ((4, 0.5), (8, 1.0), (16, 2.0)):
+        prefix = symmetric_info_nce(
+            torch.nn.functional.normalize(x[:, :dim], dim=1), torch.nn.functional.normalize(y[:, :dim], dim=1), scale
+        )["contrastive_loss"]
+        assert out[f"loss@{dim}"].item() == pytest.approx(prefix.item(), rel=1e-6)
+        expected += weight * prefix.item()
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
+    assert out["contrastive_loss"].item() == pytest.approx(symmetric_info_nce(x, y, scale)["loss"].item(), rel=1e-6)
+
+
+def test_matryoshka_on_the_full_size_alone_is_the_plain_loss() -> None:
+    x, y = _unit(5, 8, 3).requires_grad_(), _unit(5, 8, 4)
+    spec = Matryoshka.from_settings([8], None, embedding_dim=8)
+    plain = symmetric_info_nce(x, y, torch.tensor(10.0))["loss"]
+    nested = symmetric_info_nce(x, y, torch.tensor(10.0), matryoshka=spec)["loss"]
+    assert nested.item() == pytest.approx(plain.item(), rel=1e-7)
+    (grad_plain,) = torch.autograd.grad(plain, x)
+    (grad_nested,) = torch.autograd.grad(nested, x)
+    torch.testing.assert_close(grad_nested, grad_plain)
+
+
+@pytest.mark.parametrize(
+    ("dims", "weights", "message"),
+    [([4, 32], None, "outside"), ([4, 8], [1.0], "2 dims"), ([4], [0.0], "> 0"), (None, [1.0], "is null")],
+)
+def test_bad_matryoshka_settings_are_named(dims, weights, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Matryoshka.from_settings(dims, weights, embedding_dim=16)

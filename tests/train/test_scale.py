@@ -50,11 +50,15 @@ def assert_same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Te
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("chunk", ["null", "3"], ids=["plain", "gradcache"])
-def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, chunk: str) -> None:
+@pytest.mark.parametrize(
+    ("chunk", "matryoshka"),
+    [("null", "null"), ("3", "null"), ("3", "[8,16,32]")],
+    ids=["plain", "gradcache", "gradcache-matryoshka"],
+)
+def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, chunk: str, matryoshka: str) -> None:
     data = write_pairs(tmp_path / "pairs.jsonl", 24)
     common = ["model=tiny-random", "trainer=tiny", "logging=none", "data=jsonl", f"data.path={data}",
-              "trainer.steps=3"]  # fmt: skip
+              "trainer.steps=3", f"trainer.matryoshka_dims={matryoshka}"]  # fmt: skip
     one = launch([*common, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"], processes=1)
     assert one.returncode == 0, one.stderr[-3000:]
     two = launch(
@@ -68,12 +72,15 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, chun
     assert_same_weights(final_weights(tmp_path / "two", 3), final_weights(tmp_path / "one", 3), atol=1e-5)
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_gradcache_update_equals_plain_full_batch_update(tmp_path, accumulate: int) -> None:
+@pytest.mark.parametrize(
+    ("accumulate", "matryoshka"), [(1, "null"), (2, "null"), (2, "[4,8,32]")], ids=["1", "2", "2-matryoshka"]
+)
+def test_gradcache_update_equals_plain_full_batch_update(tmp_path, accumulate: int, matryoshka: str) -> None:
     runs = {}
     for name, chunk in (("plain", "null"), ("cached", "5")):
         extra = ("trainer.steps=2", f"trainer.gradcache_chunk={chunk}", f"trainer.grad_accum_steps={accumulate}",
-                 f"trainer.batch_size={16 // accumulate}", "trainer.temperature_lr=1e-2")  # fmt: skip
+                 f"trainer.batch_size={16 // accumulate}", "trainer.temperature_lr=1e-2",
+                 f"trainer.matryoshka_dims={matryoshka}")  # fmt: skip
         (tmp_path / name).mkdir()
         cfg = compose_train_config(tiny_overrides(tmp_path / name, pairs=16, extra=extra), tmp_path / name)
         train(cfg, tmp_path / name / "run")
@@ -139,11 +146,11 @@ def test_nonfinite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) ->
     real = loop.symmetric_info_nce
     calls = {"n": 0}
 
-    def nan_on_third_step(x, y, scale, rank=0, world_size=1):
+    def nan_on_third_step(x, y, scale, rank=0, world_size=1, matryoshka=None):
         calls["n"] += 1
-        out = real(x, y, scale, rank, world_size)
+        out = real(x, y, scale, rank, world_size, matryoshka)
         if calls["n"] == 3:
-            out["contrastive_loss"] = out["contrastive_loss"] * float("nan")
+            out["loss"] = out["loss"] * float("nan")
         return out
 
     monkeypatch.setattr(loop, "symmetric_info_nce", nan_on_third_step)

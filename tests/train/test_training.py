@@ -124,8 +124,9 @@ def test_accumulation_and_top_layers_run(tmp_path) -> None:
 def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, monkeypatch) -> None:
     import train.loop as loop
 
-    def nan_loss(x, y, scale, rank=0, world_size=1):
-        return {"contrastive_loss": (x * float("nan")).sum(), "accuracy": torch.zeros(())}
+    def nan_loss(x, y, scale, rank=0, world_size=1, matryoshka=None):
+        loss = (x * float("nan")).sum()
+        return {"loss": loss, "contrastive_loss": loss, "accuracy": torch.zeros(())}
 
     monkeypatch.setattr(loop, "symmetric_info_nce", nan_loss)
     cfg = compose_train_config(tiny_overrides(tmp_path, pairs=4, steps=2), tmp_path)
@@ -178,3 +179,22 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path) -> None:
         weights[flag] = load_file(str(state))
     for name, tensor in weights["false"].items():
         torch.testing.assert_close(weights["true"][name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+def test_matryoshka_run_records_its_sizes_prefix_losses_and_prefix_accuracy(tmp_path) -> None:
+    from models import DecoderEmbedder
+
+    extra = ("trainer.matryoshka_dims=[8,16,32]", "trainer.matryoshka_weights=[1,1,2]", "trainer.val_pairs=4")
+    cfg = compose_train_config(
+        tiny_overrides(tmp_path, pairs=12, steps=2, extra=(*extra, "trainer.batch_size=8")), tmp_path
+    )
+    result = train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert all({"loss@8", "loss@16", "loss@32"} <= r.keys() for r in steps)
+    # The objective is the weighted sum of the prefix losses.
+    for r in steps:
+        assert r["loss"] == pytest.approx(r["loss@8"] + r["loss@16"] + 2 * r["loss@32"], rel=1e-5)
+    validations = [r for r in records if "val_loss" in r]
+    assert validations and all({"val_accuracy@8", "val_accuracy@16"} <= r.keys() for r in validations)
+    assert DecoderEmbedder.from_pretrained(result["checkpoint"]).matryoshka_dims == [8, 16, 32]
