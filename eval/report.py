@@ -127,51 +127,18 @@ def write_results(output_dir: Path, record: dict[str, Any], rows: list[Row]) -> 
         *[f"  - {name}: `{digest}`" for name, digest in sorted(record.get("data_sha256", {}).items())],
         "",
     ]
-    write_atomic(md_path, "\n".join(header) + markdown_table(rows) + "\n")
+    sizes = f"\n## By embedding size\n\n{record['size_table']}\n" if record.get("size_table") else ""
+    write_atomic(md_path, "\n".join(header) + markdown_table(rows) + "\n" + sizes)
     return json_path, md_path
 
 
 def write_plot(path: Path, rows: list[Row], title: str) -> Path | None:
-    """Plot each referenced score's difference from its reference inside its tolerance band, atomically.
+    """Plot every score beside its reference, and each difference inside its tolerance band, atomically.
 
-    Returns the path, or None when no score has a reference value (nothing to plot).
+    The figure is ``viz.results.results_figure`` (shared with ``notebooks/eval_results.ipynb``,
+    which draws the same PNG from ``results.json``). Returns the path, or None when no score has
+    a reference value (nothing to compare against).
     """
-    referenced = [row for row in rows if row.reference is not None]
-    if not referenced:
-        return None
-    import matplotlib
+    from viz.results import write_results_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    positions = list(range(len(referenced)))
-    figure, axis = plt.subplots(figsize=(max(4.0, 1.3 * len(referenced) + 1.5), 3.4))
-    for p, row in zip(positions, referenced, strict=True):
-        axis.fill_between([p - 0.3, p + 0.3], -row.tolerance, row.tolerance, color="0.88")
-        axis.plot(p, row.difference, "o", color="tab:green" if row.passed else "tab:red")
-        axis.annotate(
-            f"{row.value:.2f} vs {row.reference:.2f}",
-            (p, row.difference),
-            xytext=(0, 7),
-            textcoords="offset points",
-            ha="center",
-            fontsize=7,
-        )
-    axis.axhline(0.0, color="0.5", linewidth=0.8)
-    axis.set_xticks(positions, [r.key for r in referenced], rotation=20, ha="right", fontsize=7)
-    axis.set_xlim(-0.6, len(referenced) - 0.4)
-    axis.set_ylabel("measured - reference (x100)")
-    axis.set_title(f"{title} (grey: tolerance)", fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=110)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(figure)
-    return path
+    return write_results_plot(path, [asdict(row) for row in rows], title)

@@ -7,6 +7,7 @@ Usage (from the project root)::
     python eval/run.py benchmark=beir source=bm25
     python eval/run.py benchmark=senteval cache_dir=/tmp/cpt-eval-cache
     python eval/run.py benchmark=beir source=checkpoint source.checkpoint_dir=runs/x/final
+    python eval/run.py benchmark=sts dimensions=[64,128,256,null]   # one table over sizes
 
 Writes ``results.json`` and ``results.md`` (atomically) to ``output_dir`` with the model, the
 sha256 of every data file read, the git commit and the resolved config, and prints the table.
@@ -59,8 +60,9 @@ def run(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
     """
     from hydra.utils import instantiate
 
-    from eval.benchmarks import Context
+    from eval.benchmarks import BenchmarkOutput, Context
     from eval.data import sha256_file
+    from eval.dimensions import MemoisedEncoder, PrefixEncoder, check_sizes, scores_at, size_table
     from eval.report import compare, git_commit, markdown_table, write_plot, write_results
 
     started = time.time()
@@ -70,7 +72,19 @@ def run(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
     model_name = getattr(source, "name", type(source).__name__)
     context = Context.for_source(source, model_name, cfg.cache_dir, cfg.show_progress)
     logger.info("benchmark %s, model %s", benchmark.name, model_name)
-    output = benchmark.run(context)
+    sizes = check_sizes(cfg.get("dimensions"))
+    if sizes == [None]:
+        output = benchmark.run(context)
+    else:
+        full = MemoisedEncoder(context.require_dense(f"{benchmark.name} with dimensions"))
+        output = BenchmarkOutput(scores=[], details={"dimensions": sizes})
+        for size in sizes:
+            logger.info("embedding size %s", size or "full")
+            context.encoder = PrefixEncoder(full, size)
+            part = benchmark.run(context)
+            output.scores += scores_at(part.scores, size)
+            output.data_files.update(part.data_files)
+            output.details[f"size={size or 'full'}"] = part.details
 
     references = None
     if cfg.reference_model is not None:
@@ -96,11 +110,15 @@ def run(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "seconds": round(time.time() - started, 1),
     }
+    if sizes != [None]:
+        record["size_table"] = size_table(output.scores, sizes, full.embedding_size)
     output_dir = Path(cfg.output_dir)
     json_path, md_path = write_results(output_dir, record, rows)
     if cfg.plot:
         write_plot(output_dir / "results.png", rows, f"{benchmark.name}: {model_name}")
     print(markdown_table(rows))
+    if "size_table" in record:
+        print("\n" + record["size_table"])
     print(f"\nresults: {json_path} and {md_path}")
     checked = [row for row in rows if row.passed is not None]
     if cfg.check and not checked:
