@@ -20,6 +20,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from models.backbone import load_backbone
 from models.pooling import pool_last_token, position_ids_from_mask
+from models.pretokenized import delimit_ids, delimiter_ids, pad_id_of, pad_rows
 from models.sides import Side, parse_sides
 from models.tokenization import PADDING_SIDES, encode_delimited
 
@@ -205,30 +206,47 @@ class DecoderEmbedder(nn.Module):
         batch_size: int = 32,
         max_length: int = 512,
         show_progress: bool = False,
+        max_batch_tokens: int | None = None,
     ) -> torch.Tensor:
-        """Embed texts for inference, in length-sorted batches; rows come back in input order.
+        """Embed texts for inference, in batches sorted by token count; rows come back in input order.
+
+        Texts are tokenized once, sorted by their delimited token count (longest first) and cut
+        into batches of at most ``batch_size`` rows and, when ``max_batch_tokens`` is set, at most
+        that many padded tokens (rows x longest row), so batches of similar lengths carry little
+        padding. The token ids are exactly those of :meth:`tokenize`; run it under
+        ``torch.autocast`` for bf16.
 
         Returns:
             (N, D) float32, L2-normalised, on CPU.
         """
         self._check_side(side)
+        if max_length < 3:
+            raise ValueError(f"max_length must be >= 3 (two delimiters and one token), got {max_length}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = torch.empty((len(texts), self.embedding_dim), dtype=torch.float32)
+        if not texts:
+            return out
         was_training = self.training
         self.eval()
-        lengths = [len(text) for text in texts]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        device = self.log_scale.device
-        out = torch.empty((len(texts), self.embedding_dim), dtype=torch.float32)
-        starts = range(0, len(texts), batch_size)
+        open_id, close_id = delimiter_ids(self.tokenizer, self.sides[side])
+        bodies = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 2)
+        rows = [delimit_ids(body, open_id, close_id, max_length) for body in bodies["input_ids"]]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        batches = _length_batches(order, [len(row) for row in rows], batch_size, max_batch_tokens)
         if show_progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"encode ({side})", unit="batch")
-        for start in starts:
-            index = order[start : start + batch_size]
-            batch = self.tokenize([texts[i] for i in index], side, max_length)
-            embeddings = self(batch["input_ids"].to(device), batch["attention_mask"].to(device), side)
-            out[index] = embeddings.float().cpu()
-        self.train(was_training)
+            batches = tqdm(batches, desc=f"encode ({side})", unit="batch")
+        device = self.log_scale.device
+        pad_id = pad_id_of(self.tokenizer)
+        try:
+            for index in batches:
+                batch = pad_rows([rows[i] for i in index], pad_id, self.padding_side)
+                embeddings = self(batch["input_ids"].to(device), batch["attention_mask"].to(device), side)
+                out[index] = embeddings.float().cpu()
+        finally:
+            self.train(was_training)
         return out
 
     def _check_side(self, side: str) -> None:
@@ -321,6 +339,27 @@ class DecoderEmbedder(nn.Module):
             if model.projection is not None:
                 model.projection.weight.copy_(heads["projection.weight"])
         return model
+
+
+def _length_batches(
+    order: Sequence[int], lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None
+) -> list[list[int]]:
+    """Cut ``order`` (indices, longest first) into batches of <= ``batch_size`` rows and padded tokens.
+
+    A batch's padded size is its row count times its first (longest) row; a row longer than
+    ``max_batch_tokens`` still gets a batch of its own.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        rows = len(current) + 1
+        if current and (rows > batch_size or (max_batch_tokens and rows * lengths[current[0]] > max_batch_tokens)):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def check_matryoshka_dims(dims: Sequence[int] | None, embedding_dim: int) -> list[int] | None:
