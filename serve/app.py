@@ -148,7 +148,12 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
     @app.get("/v1/models", response_model=ModelList, operation_id="list_models", dependencies=[Depends(check_api_key)])
     async def list_models(request: Request) -> ModelList:
         served, _ = ready(request)
-        return ModelList(data=[ModelCard(id=name) for name in sorted(served.model_names)])
+        return ModelList(
+            data=[
+                ModelCard(id=name, dimensions=served.embedding_dim, matryoshka_dimensions=served.matryoshka_dims)
+                for name in sorted(served.model_names)
+            ]
+        )
 
     @app.post(
         "/v1/embeddings",

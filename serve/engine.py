@@ -46,6 +46,7 @@ class EmbeddingEngine:
         self.tokenizer = model.tokenizer
         self.vocab_size = len(self.tokenizer)
         self.embedding_dim = model.embedding_dim
+        self.matryoshka_dims = model.matryoshka_dims  # sizes the model was trained for (None: full only)
         self._delimiters = {side: delimiter_ids(self.tokenizer, model.sides[side]) for side in model.side_names}
         self._pad_id = pad_id_of(self.tokenizer)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to call from two threads

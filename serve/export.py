@@ -53,6 +53,7 @@ def export(checkpoint: str | Path, out: str | Path, max_seq_length: int = 512) -
     info = {
         "sides": folders,
         "embedding_dim": model.embedding_dim,
+        "matryoshka_dims": model.matryoshka_dims,
         "max_seq_length": max_seq_length,
         "pooling": "lasttoken",
         "normalize": True,

@@ -50,10 +50,18 @@ class EmbeddingResponse(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """OpenAI's model object, plus the vector size and the ``dimensions`` the model was trained for.
+
+    ``matryoshka_dimensions`` lists the prefix sizes of Matryoshka training (``null``: none): any
+    ``dimensions`` is served, but only these (and the full size) keep the model's quality.
+    """
+
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "cpt-embeddings"
+    dimensions: int | None = None
+    matryoshka_dimensions: list[int] | None = None
 
 
 class ModelList(BaseModel):

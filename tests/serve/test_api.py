@@ -6,6 +6,7 @@ import base64
 
 import numpy as np
 import pytest
+import torch
 
 from serve.app import Settings, create_app
 from serve.schemas import MAX_ITEMS, MAX_TOKENS_PER_ITEM, MAX_TOKENS_PER_REQUEST
@@ -124,12 +125,14 @@ def test_two_side_tower_has_no_plain_name(app):
     assert_error(post(app, {"input": "hi", "model": NAME}), 404, "model_not_found", "model")
 
 
-def test_models_and_health(app):
+def test_models_and_health(app, engine):
     async def body(client):
         return await client.get("/v1/models"), await client.get("/health")
 
     models, health = run_with_client(app, body)
     assert [m["id"] for m in models.json()["data"]] == [f"{NAME}-doc", f"{NAME}-query"]
+    assert {m["dimensions"] for m in models.json()["data"]} == {engine.embedding_dim}
+    assert {m["matryoshka_dimensions"] for m in models.json()["data"]} == {None}
     assert health.json() == {"status": "ok", "models": [f"{NAME}-doc", f"{NAME}-query"]}
 
 
@@ -211,3 +214,19 @@ def test_cli_flags_and_missing_key_env(monkeypatch):
 def test_create_app_needs_a_model():
     with pytest.raises(ValueError, match="settings.model"):
         create_app(Settings())
+
+
+def test_models_list_the_matryoshka_sizes_a_model_was_trained_for(tmp_path):
+    from models import DecoderEmbedder
+    from serve.engine import EmbeddingEngine
+    from tests.conftest import TINY_LLAMA
+
+    sides = {"text": {"open_token": "<|t|>", "close_token": "<|/t|>"}}
+    model = DecoderEmbedder.build(None, sides, random_config=TINY_LLAMA, seed=0, matryoshka_dims=[8, 16, 32])
+    model.save_pretrained(tmp_path / "ckpt")
+    app = create_app(Settings(), engine=EmbeddingEngine.from_folder(tmp_path / "ckpt", name="m", max_length=32))
+    card = run_with_client(app, lambda client: client.get("/v1/models")).json()["data"][0]
+    assert card["dimensions"] == 32 and card["matryoshka_dimensions"] == [8, 16, 32]
+    short = vectors(post(app, {"input": TEXTS, "model": "m", "dimensions": 8}))
+    full = model.encode(TEXTS, "text", max_length=32)
+    np.testing.assert_allclose(short, torch.nn.functional.normalize(full[:, :8], dim=-1).numpy(), atol=1e-5)

@@ -14,7 +14,9 @@ MAX_SEQ = 48
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"projection_dim": 16, "shared_weights": False}], ids=["shared", "projection-separate"]
+    "options",
+    [{}, {"projection_dim": 16, "shared_weights": False, "matryoshka_dims": [4, 16]}],
+    ids=["shared", "projection-separate-matryoshka"],
 )
 def test_sentence_transformers_folder_matches_model(tmp_path, options):
     from sentence_transformers import SentenceTransformer
@@ -29,6 +31,7 @@ def test_sentence_transformers_folder_matches_model(tmp_path, options):
     main([str(tmp_path / "checkpoint"), str(tmp_path / "out"), "--max-seq-length", str(MAX_SEQ)])
     info = json.loads((tmp_path / "out" / "export.json").read_text())
     assert info["sides"] == {side: f"sentence-transformers/{side}" for side in TWO_SIDES}
+    assert info["matryoshka_dims"] == options.get("matryoshka_dims")
     for side in TWO_SIDES:
         st = SentenceTransformer(str(tmp_path / "out" / info["sides"][side]), device="cpu")
         got = st.encode(TEXTS, batch_size=3, convert_to_numpy=True)
