@@ -46,6 +46,15 @@ def test_every_config_in_every_group_composes(tmp_path, group: str) -> None:
         assert cfg[group] is not None
 
 
+def test_every_experiment_composes_and_names_its_run(tmp_path) -> None:
+    from train.settings import TrainerSettings
+
+    for option in sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml")):
+        cfg = compose_train_config([f"experiment={option}"], tmp_path)
+        assert cfg.name.startswith(cfg.tower.name), option  # the experiment's name wins over the default
+        TrainerSettings.from_config(dict(cfg.trainer))
+
+
 @pytest.mark.parametrize("tower", ["similarity", "search", "code"])
 def test_every_tower_instantiates_on_the_tiny_model(tmp_path, tower: str) -> None:
     import hydra

@@ -1,0 +1,86 @@
+"""The towers runner: its plan is valid, it orders train -> eval, and its report compares rows correctly."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import towers  # noqa: E402
+
+
+def plan_in(tmp_path: Path):
+    plan = OmegaConf.load(REPO_ROOT / "configs" / "towers.yaml")
+    plan.output_dir = str(tmp_path / "reports")
+    plan.runs_dir = str(tmp_path / "runs")
+    plan.cache_dir = None
+    path = tmp_path / "towers.yaml"
+    OmegaConf.save(plan, path)
+    return towers.load_plan(path)
+
+
+def test_the_shipped_plan_is_valid_and_names_real_experiments() -> None:
+    plan = towers.load_plan(REPO_ROOT / "configs" / "towers.yaml")
+    for tower, experiment in plan.towers.items():
+        assert (REPO_ROOT / "configs" / "experiment" / f"{experiment}.yaml").is_file()
+        assert towers.run_name(experiment).startswith(tower)
+        assert towers.experiment_steps(experiment) >= 1
+    assert towers.run_name("similarity_matryoshka") == "similarity-matryoshka-smollm2-135m"
+
+
+def test_every_trained_row_is_scored_against_the_untrained_one(tmp_path: Path) -> None:
+    plan = plan_in(tmp_path)
+    jobs = {(job.row, job.benchmark): job for job in towers.evaluations(plan, None, None)}
+    for tower in plan.own_benchmarks:
+        trained = {benchmark for row, benchmark in jobs if row == tower}
+        untrained = {benchmark for row, benchmark in jobs if row == "untrained"}
+        assert trained and trained <= untrained
+    search = jobs[("search", "arguana")]
+    assert search.needs == ["search"]
+    assert any(o.startswith("source.checkpoint_dir=") and "step-000060" in o for o in search.overrides)
+    assert jobs[("untrained", "arguana")].needs == []
+
+
+def test_bad_plan_rows_are_named(tmp_path: Path) -> None:
+    plan = OmegaConf.load(REPO_ROOT / "configs" / "towers.yaml")
+    plan.rows[1].trained = {"nosuch": "similarity"}
+    OmegaConf.save(plan, tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="unknown benchmarks \\['nosuch'\\]"):
+        towers.load_plan(tmp_path / "bad.yaml")
+
+
+def test_report_fills_cells_and_says_which_tower_beats_the_untrained_decoder(tmp_path: Path) -> None:
+    plan = plan_in(tmp_path)
+    scores = {
+        ("untrained", "sts"): {"sts/STSBenchmark/spearman": 40.0, "sts/SICK-R/spearman": 50.0},
+        ("similarity", "sts"): {"sts/STSBenchmark/spearman": 70.0, "sts/SICK-R/spearman": 45.0},
+        ("untrained", "arguana"): {"beir/arguana/ndcg@10": 10.0},
+        ("search", "arguana"): {"beir/arguana/ndcg@10": 30.0},
+    }
+    for (row, benchmark), values in scores.items():
+        folder = Path(plan.output_dir) / row / benchmark
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"scores": values, "seconds": 12.0}))
+    text = towers.report(plan)
+    assert "| sts/STSBenchmark/spearman | 40.00 | 70.00 | – | – | – | – | – |" in text
+    assert "| codesearchnet/go/mrr | – | – | – | – | – | – | 97.7 |" in text  # the paper's column
+    assert "sts/STSBenchmark/spearman 70.00 vs 40.00: beats" in text
+    assert "sts/SICK-R/spearman 45.00 vs 50.00: does NOT beat" in text
+    assert "beir/arguana/ndcg@10 30.00 vs 10.00: beats" in text
+    assert "codesearchnet/average/mrr: not yet measured" in text
+
+
+def test_dry_run_trains_before_it_evaluates_and_runs_nothing(tmp_path: Path, capsys) -> None:
+    plan = plan_in(tmp_path)
+    towers.main(["--plan", str(tmp_path / "towers.yaml"), "--dry-run", "--rows", "code"])
+    out = capsys.readouterr().out
+    train_at = out.index("train/contrastive.py experiment=code")
+    eval_at = out.index("eval/run.py benchmark=codesearchnet")
+    assert train_at < eval_at
+    assert not Path(plan.output_dir).exists() and not Path(plan.runs_dir).exists()
