@@ -117,9 +117,20 @@ def kmeans_accuracy(
 
 
 def linear_probe_accuracy(
-    embeddings: np.ndarray, labels: Sequence[str], folds: int = 5, seed: int = 0, c: float = 1.0
+    embeddings: np.ndarray,
+    labels: Sequence[str],
+    folds: int = 5,
+    seed: int = 0,
+    c: float = 1.0,
+    standardize: bool = True,
 ) -> ProbeScore:
     """Stratified k-fold accuracy of a logistic-regression probe on frozen embeddings.
+
+    Features are standardised by default (a ``StandardScaler`` fitted inside each training fold):
+    on L2-normalised embeddings the informative directions can be tiny next to a few large
+    dimensions (decoders' last-token states especially), and an L2-regularised probe on the raw
+    vectors then mostly measures that scale, not what is linearly readable. On the DBpedia sample,
+    all-MiniLM-L6-v2 gives 0.90 standardised and 0.79 raw; untrained SmolLM2-135M 0.83 and 0.21.
 
     Args:
         embeddings: (N, D).
@@ -127,16 +138,21 @@ def linear_probe_accuracy(
         folds: cross-validation folds (shuffled with ``seed``).
         seed: fold shuffling seed.
         c: inverse L2 regularisation strength of the probe.
+        standardize: scale each feature to zero mean and unit variance first.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     array = _as_2d(embeddings)
     smallest = min(np.unique(np.asarray(labels), return_counts=True)[1])
     if smallest < folds:
         raise ValueError(f"folds={folds} needs >= {folds} items per category; the smallest has {smallest}")
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(LogisticRegression(C=c, max_iter=2000), array, np.asarray(labels), cv=splitter)
+    probe = LogisticRegression(C=c, max_iter=3000)
+    model = make_pipeline(StandardScaler(), probe) if standardize else probe
+    scores = cross_val_score(model, array, np.asarray(labels), cv=splitter)
     return ProbeScore(mean=float(scores.mean()), std=float(scores.std()), folds=tuple(float(s) for s in scores))
 
 

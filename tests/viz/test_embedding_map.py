@@ -80,3 +80,12 @@ def test_embedding_map_figure_has_a_3d_and_a_2d_panel_per_model(tmp_path: Path) 
     assert [p.name for p in tmp_path.iterdir()] == ["map.png"]  # no temporary file left behind
     with pytest.raises(ValueError, match="3 embeddings for 30 labels"):
         embedding_map_figure({"c": vectors[:3]}, labels)
+
+
+def test_probe_standardises_so_a_small_scale_signal_still_counts() -> None:
+    rng = np.random.default_rng(2)
+    labels = ["a", "b"] * 20
+    signal = np.array([0.01 if label == "a" else -0.01 for label in labels])
+    vectors = np.stack([rng.standard_normal(40), signal + 0.001 * rng.standard_normal(40)], axis=1)  # (40, 2)
+    assert linear_probe_accuracy(vectors, labels).mean == 1.0
+    assert linear_probe_accuracy(vectors, labels, standardize=False).mean < 0.8  # regularised away
