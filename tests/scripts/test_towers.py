@@ -29,7 +29,7 @@ def test_the_shipped_plan_is_valid_and_names_real_experiments() -> None:
     plan = towers.load_plan(REPO_ROOT / "configs" / "towers.yaml")
     for tower, experiment in plan.towers.items():
         assert (REPO_ROOT / "configs" / "experiment" / f"{experiment}.yaml").is_file()
-        assert towers.run_name(experiment).startswith(tower)
+        assert towers.run_name(experiment).startswith(tower.split("_")[0])
         assert towers.experiment_steps(experiment) >= 1
     assert towers.run_name("similarity_matryoshka") == "similarity-matryoshka-smollm2-135m"
 
@@ -68,8 +68,8 @@ def test_report_fills_cells_and_says_which_tower_beats_the_untrained_decoder(tmp
         folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps({"scores": values, "seconds": 12.0}))
     text = towers.report(plan)
-    assert "| sts/STSBenchmark/spearman | 40.00 | 70.00 | – | – | – | – | – |" in text
-    assert "| codesearchnet/go/mrr | – | – | – | – | – | – | 97.7 |" in text  # the paper's column
+    assert "| sts/STSBenchmark/spearman | 40.00 | 70.00 | – | – | – | – | – | – |" in text
+    assert "| codesearchnet/go/mrr | – | – | – | – | – | – | – | 97.7 |" in text  # the paper's column
     assert "sts/STSBenchmark/spearman 70.00 vs 40.00: beats" in text
     assert "sts/SICK-R/spearman 45.00 vs 50.00: does NOT beat" in text
     assert "beir/arguana/ndcg@10 30.00 vs 10.00: beats" in text
