@@ -130,24 +130,30 @@ class SentEvalBenchmark:
         self.show_progress = False
 
     # ----------------------------------------------------------------- protocol dispatch
-    def _progress(self, task: str, total: int):
+    def _progress(self, task: str, total: int) -> Any:
+        """A tqdm bar over the task's classifier fits (models), off unless ``show_progress``."""
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=f"senteval {task} fits", unit="fit", disable=not self.show_progress)
 
     def _inner_kfold(self, task: str, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """MR/CR/SUBJ/MPQA with the configured classifier."""
         if self.classifier == "sklearn":
             return self.inner_kfold(x, y)
         with self._progress(task, self.kfold * self.kfold * len(self.l2_grid) + self.kfold) as bar:
             return probe.inner_kfold(x, y, N_CLASSES.get(task, 2), self.kfold, self.probe_config, self.l2_grid, bar)
 
     def _split(self, task: str, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        """SST-2 with the configured classifier."""
         if self.classifier == "sklearn":
             return self.split(data)
         with self._progress(task, len(self.l2_grid)) as bar:
             return probe.split(data, N_CLASSES.get(task, 2), self.probe_config, self.l2_grid, bar)
 
-    def _kfold_then_test(self, task: str, x_train, y_train, x_test, y_test) -> dict[str, Any]:
+    def _kfold_then_test(
+        self, task: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+    ) -> dict[str, Any]:
+        """TREC/MRPC with the configured classifier (``predicted`` holds the test predictions)."""
         if self.classifier == "sklearn":
             return self.kfold_then_test(x_train, y_train, x_test, y_test)
         with self._progress(task, self.kfold * len(self.l2_grid) + 1) as bar:

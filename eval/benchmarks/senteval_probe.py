@@ -10,9 +10,10 @@ implementation of the facts of that protocol, not SentEval's code:
   trained on the mean cross-entropy of mini-batches of 64 with Adam (lr 1e-3, betas 0.9/0.999,
   eps 1e-8) whose ``weight_decay`` (coupled L2, on weight and bias alike) is the regularisation
   being chosen: the grid is ``10**t for t in -5..-2``. SentEval sets ``loss_fn.size_average =
-  False`` after building ``nn.CrossEntropyLoss()``; in the PyTorch versions the reference run
-  needs, that attribute is read only by the constructor, so the loss stays the batch *mean*, and
-  that is what is trained here.
+  False`` after building ``nn.CrossEntropyLoss()``. Modern PyTorch (since losses take
+  ``reduction``, 0.4.1) reads ``size_average`` only in the constructor, so that assignment has no
+  effect: ``reduction`` stays ``'mean'`` and the loss is the batch *mean*. That is what SentEval
+  actually trains under modern torch, and what is trained here (not a sum).
 - Every classifier is built with ``np.random.seed(seed)`` and ``torch.manual_seed(seed)``; its
   data order then comes from that fresh numpy stream: one ``permutation(len(train))`` per pass
   over the training data (and, for a fit with ``validation_split``, a first permutation whose
@@ -247,7 +248,8 @@ def fit_probes(
                 n = n_train[index]
                 rows[position, :n] = trains[index][rngs[index].permutation(n)]
                 starts = np.arange(n) // batch * batch
-                weight[position, :n] = 1.0 / np.minimum(batch, n - starts)  # mean over the batch's rows
+                # Mean over the batch's rows: SentEval's `size_average = False` has no effect in modern torch.
+                weight[position, :n] = 1.0 / np.minimum(batch, n - starts)
             rows_t = torch.from_numpy(rows)
             weight_t = torch.from_numpy(weight)
             for step in range(n_steps):
