@@ -144,7 +144,7 @@ def evaluations(plan: DictConfig, rows: list[str] | None, benchmarks: list[str] 
                 source = [
                     "source=checkpoint",
                     f"source.checkpoint_dir={checkpoint}",
-                    f"source.name={row.name}-{tower}",
+                    f"source.name={'untrained-' + tower if 'untrained' in row else tower}",
                     *plan.get("checkpoint_overrides", []),
                 ]
                 needs = [] if "untrained" in row else [tower]
