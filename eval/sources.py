@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("query", "document", "text", "code", "symmetric")
 PRECISIONS = ("fp32", "bf16")
+# Padded tokens per batch on CPU when max_batch_tokens is left unset. Measured on this project's
+# 2-core AVX-512 CPU (docs/benchmarks.md, "Encoding speed"): 256-1,024 are equally fast and several
+# times larger budgets are slower (more padding, activations out of cache); GPUs want big batches.
+CPU_MAX_BATCH_TOKENS = 512
 
 
 @runtime_checkable
@@ -105,7 +109,8 @@ class SentenceTransformerSource:
         precision: ``fp32``, or ``bf16`` (autocast; about 2.5x faster on AVX512-BF16 CPUs, cosines
             within 1e-4 of fp32).
         max_batch_tokens: also cap a batch at this many padded tokens (rows x longest row), so
-            batches of short texts grow and batches of long ones shrink; ``None``: rows only.
+            batches of long texts shrink; ``None``: ``CPU_MAX_BATCH_TOKENS`` on CPU, no cap on
+            other devices; ``0``: no cap (rows only).
         query_prompt: prefix added to texts of the ``query`` role (e.g. ``"query: "`` for E5).
         document_prompt: prefix added to texts of the ``document`` role.
         show_progress: show a progress bar per encode call.
@@ -122,7 +127,7 @@ class SentenceTransformerSource:
         query_prompt: str = "",
         document_prompt: str = "",
         show_progress: bool = True,
-        max_batch_tokens: int | None = 8192,
+        max_batch_tokens: int | None = None,
     ) -> None:
         _check_precision(precision)
         _check_batching(batch_size, max_batch_tokens)
@@ -178,7 +183,8 @@ class SentenceTransformerSource:
         with torch.inference_mode(), autocast if self.precision == "bf16" else nullcontext():
             lengths = self._token_counts(texts)
             order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-            batches = length_batches(order, lengths, self.batch_size, self.max_batch_tokens)
+            budget = resolve_max_batch_tokens(self.max_batch_tokens, self.device)
+            batches = length_batches(order, lengths, self.batch_size, budget)
             if self.show_progress:
                 from tqdm.auto import tqdm
 
@@ -231,11 +237,18 @@ def length_batches(
     return batches
 
 
+def resolve_max_batch_tokens(max_batch_tokens: int | None, device: str) -> int | None:
+    """The padded-token cap to use: as given (``0``: none), else ``CPU_MAX_BATCH_TOKENS`` on CPU only."""
+    if max_batch_tokens is None:
+        return CPU_MAX_BATCH_TOKENS if str(device).startswith("cpu") else None
+    return max_batch_tokens or None
+
+
 def _check_batching(batch_size: int, max_batch_tokens: int | None) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    if max_batch_tokens is not None and max_batch_tokens < 1:
-        raise ValueError(f"max_batch_tokens={max_batch_tokens} must be >= 1 or null")
+    if max_batch_tokens is not None and max_batch_tokens < 0:
+        raise ValueError(f"max_batch_tokens={max_batch_tokens} must be >= 0 (0: no cap) or null (automatic)")
 
 
 DEFAULT_SIDES = {"query": "query", "document": "doc", "text": "text", "code": "code", "symmetric": "text"}
@@ -257,7 +270,7 @@ class CheckpointSource:
         show_progress: show a progress bar per encode call.
         precision: ``fp32``, or ``bf16`` (autocast; faster on AVX512-BF16 CPUs and GPUs).
         max_batch_tokens: also cap a batch at this many padded tokens (rows x longest row);
-            ``None``: rows only.
+            ``None``: ``CPU_MAX_BATCH_TOKENS`` on CPU, no cap on other devices; ``0``: no cap.
     """
 
     def __init__(
@@ -269,7 +282,7 @@ class CheckpointSource:
         max_length: int = 512,
         show_progress: bool = True,
         precision: str = "fp32",
-        max_batch_tokens: int | None = 8192,
+        max_batch_tokens: int | None = None,
     ) -> None:
         _check_precision(precision)
         _check_batching(batch_size, max_batch_tokens)
@@ -329,7 +342,7 @@ class CheckpointSource:
                 batch_size=self.batch_size,
                 max_length=self.max_length,
                 show_progress=self.show_progress,
-                max_batch_tokens=self.max_batch_tokens,
+                max_batch_tokens=resolve_max_batch_tokens(self.max_batch_tokens, device),
             )
         return _normalise(vectors.float().cpu().numpy())
 

@@ -12,7 +12,13 @@ import pytest
 import torch
 from eval_helpers import minilm_available
 
-from eval.sources import CheckpointSource, SentenceTransformerSource, length_batches
+from eval.sources import (
+    CPU_MAX_BATCH_TOKENS,
+    CheckpointSource,
+    SentenceTransformerSource,
+    length_batches,
+    resolve_max_batch_tokens,
+)
 
 TEXTS = [
     "what is a cat",
@@ -33,13 +39,16 @@ def test_length_batches_respect_rows_and_padded_tokens() -> None:
     assert length_batches(order, lengths, batch_size=8, max_batch_tokens=20) == [[4], [0, 2], [1, 3, 5]]
     assert length_batches([], [], batch_size=2, max_batch_tokens=5) == []
     with pytest.raises(ValueError, match="max_batch_tokens"):
-        CheckpointSource(".", max_batch_tokens=0)
+        CheckpointSource(".", max_batch_tokens=-1)
+    assert resolve_max_batch_tokens(None, "cpu") == CPU_MAX_BATCH_TOKENS
+    assert resolve_max_batch_tokens(None, "cuda:0") is None  # GPUs: rows only, as before
+    assert resolve_max_batch_tokens(0, "cpu") is None and resolve_max_batch_tokens(100, "cuda") == 100
 
 
 def test_checkpoint_source_batches_by_tokens_and_matches_one_at_a_time(tiny_embedder, tmp_path) -> None:
     tiny_embedder.save_pretrained(tmp_path / "checkpoint")
     alone = torch.cat([tiny_embedder.encode([text], "doc", max_length=24) for text in TEXTS]).numpy()
-    for batch_size, budget in ((64, None), (3, None), (64, 40), (2, 1)):
+    for batch_size, budget in ((64, 0), (64, None), (3, 0), (64, 40), (2, 1)):
         source = CheckpointSource(
             str(tmp_path / "checkpoint"),
             batch_size=batch_size,
