@@ -31,10 +31,12 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("query", "document", "text", "code", "symmetric")
 PRECISIONS = ("fp32", "bf16")
-# Padded tokens per batch on CPU when max_batch_tokens is left unset. Measured on this project's
-# 2-core AVX-512 CPU (docs/benchmarks.md, "Encoding speed"): 256-1,024 are equally fast and several
-# times larger budgets are slower (more padding, activations out of cache); GPUs want big batches.
-CPU_MAX_BATCH_TOKENS = 512
+# Padded tokens per batch on CPU when max_batch_tokens is left unset, measured on this project's
+# shared 2-core AVX-512 CPU (docs/benchmarks.md, "Encoding speed"). With one torch thread small,
+# nearly padding-free batches are fastest (256-1,024 alike; 4,096 up to 2x slower on SmolLM2). With
+# several threads every op forks and joins them, which on a loaded machine waits for a free core, so
+# fewer, larger batches win there. GPUs want large batches: no cap unless asked.
+CPU_MAX_BATCH_TOKENS = {"one_thread": 512, "threads": 4096}
 
 
 @runtime_checkable
@@ -109,8 +111,8 @@ class SentenceTransformerSource:
         precision: ``fp32``, or ``bf16`` (autocast; about 2.5x faster on AVX512-BF16 CPUs, cosines
             within 1e-4 of fp32).
         max_batch_tokens: also cap a batch at this many padded tokens (rows x longest row), so
-            batches of long texts shrink; ``None``: ``CPU_MAX_BATCH_TOKENS`` on CPU, no cap on
-            other devices; ``0``: no cap (rows only).
+            batches of long texts shrink; ``None``: ``CPU_MAX_BATCH_TOKENS`` on CPU (by torch's
+            thread count), no cap on other devices; ``0``: no cap (rows only).
         query_prompt: prefix added to texts of the ``query`` role (e.g. ``"query: "`` for E5).
         document_prompt: prefix added to texts of the ``document`` role.
         show_progress: show a progress bar per encode call.
@@ -237,11 +239,20 @@ def length_batches(
     return batches
 
 
-def resolve_max_batch_tokens(max_batch_tokens: int | None, device: str) -> int | None:
-    """The padded-token cap to use: as given (``0``: none), else ``CPU_MAX_BATCH_TOKENS`` on CPU only."""
-    if max_batch_tokens is None:
-        return CPU_MAX_BATCH_TOKENS if str(device).startswith("cpu") else None
-    return max_batch_tokens or None
+def resolve_max_batch_tokens(max_batch_tokens: int | None, device: str, threads: int | None = None) -> int | None:
+    """The padded-token cap to use: as given (``0``: none); unset, ``CPU_MAX_BATCH_TOKENS`` on CPU only.
+
+    ``threads`` defaults to torch's intra-op thread count (one thread: small batches; more: large).
+    """
+    if max_batch_tokens is not None:
+        return max_batch_tokens or None
+    if not str(device).startswith("cpu"):
+        return None
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return CPU_MAX_BATCH_TOKENS["one_thread" if threads == 1 else "threads"]
 
 
 def _check_batching(batch_size: int, max_batch_tokens: int | None) -> None:
@@ -270,7 +281,8 @@ class CheckpointSource:
         show_progress: show a progress bar per encode call.
         precision: ``fp32``, or ``bf16`` (autocast; faster on AVX512-BF16 CPUs and GPUs).
         max_batch_tokens: also cap a batch at this many padded tokens (rows x longest row);
-            ``None``: ``CPU_MAX_BATCH_TOKENS`` on CPU, no cap on other devices; ``0``: no cap.
+            ``None``: ``CPU_MAX_BATCH_TOKENS`` on CPU (by torch's thread count), no cap on other
+            devices; ``0``: no cap.
     """
 
     def __init__(

@@ -40,7 +40,8 @@ def test_length_batches_respect_rows_and_padded_tokens() -> None:
     assert length_batches([], [], batch_size=2, max_batch_tokens=5) == []
     with pytest.raises(ValueError, match="max_batch_tokens"):
         CheckpointSource(".", max_batch_tokens=-1)
-    assert resolve_max_batch_tokens(None, "cpu") == CPU_MAX_BATCH_TOKENS
+    assert resolve_max_batch_tokens(None, "cpu", threads=1) == CPU_MAX_BATCH_TOKENS["one_thread"]
+    assert resolve_max_batch_tokens(None, "cpu", threads=2) == CPU_MAX_BATCH_TOKENS["threads"]
     assert resolve_max_batch_tokens(None, "cuda:0") is None  # GPUs: rows only, as before
     assert resolve_max_batch_tokens(0, "cpu") is None and resolve_max_batch_tokens(100, "cuda") == 100
 
