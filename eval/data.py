@@ -19,6 +19,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pairdata.errors import DataFormatError
 from pairdata.pairs import iter_jsonl
@@ -223,12 +224,13 @@ def download_beir(
 ) -> Path:
     """Fetch BEIR dataset ``name`` into ``root/name`` and return that folder.
 
-    Steps: refuse when offline (``$CPT_OFFLINE`` / ``$HF_HUB_OFFLINE``); stream the zip into a
-    hidden temporary file under ``root`` with a progress bar; check its size against
-    Content-Length, its md5 against ``md5`` (default: BEIR's published md5 when the name has one)
-    and every member's CRC; unzip into a hidden temporary folder (members escaping it are
-    refused); check the BEIR layout; rename the dataset folder to ``root/name``. Any failure
-    removes the temporary file and folder, so ``root/name`` is either complete or absent.
+    Steps: refuse when offline (``$CPT_OFFLINE`` / ``$HF_HUB_OFFLINE``); connect (an unreachable
+    server is reported as offline, before anything is written); stream the zip into a hidden
+    temporary folder under ``root`` with a progress bar; check its size against Content-Length,
+    its md5 against ``md5`` (default: BEIR's published md5 when the name has one) and every
+    member's CRC; unzip there (members escaping it are refused); check the BEIR layout; rename the
+    dataset folder to ``root/name``. Any failure removes the temporary folder, so ``root/name`` is
+    either complete or absent.
 
     Raises:
         DatasetDownloadError: offline, unreachable, HTTP error, truncated or corrupt zip, checksum
@@ -238,81 +240,90 @@ def download_beir(
         raise ValueError(f"{name!r} is not a BEIR dataset name (letters, digits, '.', '_', '-')")
     root = Path(root)
     target = root / name
+    shown = target.absolute()
     url = beir_url(name, url_base)
-    how = _how_to_get(name, target, url)
+    how = _how_to_get(name, shown, url)
     reason = offline_reason()
     if reason is not None:
-        raise DatasetDownloadError(target, f"BEIR dataset {name!r} not found, and downloads are off ({reason}); {how}")
+        raise DatasetDownloadError(shown, f"BEIR dataset {name!r} not found, and downloads are off ({reason}); {how}")
     expected_md5 = md5 if md5 is not None else BEIR_MD5.get(name)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.download-"))
-    except OSError as error:
-        raise DatasetDownloadError(
-            target, f"cannot write the download under {root} ({error}); set benchmark.download_dir, or {how}"
-        ) from None
-    try:
-        archive = work / f"{name}.zip"
-        digest = _fetch(url, archive, show_progress, timeout_s, target, how)
-        if expected_md5 is not None and digest != expected_md5.lower():
-            raise DatasetDownloadError(
-                target, f"{url}: md5 {digest} differs from the published {expected_md5}; nothing was written; {how}"
-            )
-        extracted = work / "unzipped"
-        _unzip(archive, extracted, url, target, how)
-        archive.unlink()
-        folder = _dataset_folder(extracted, name)
-        if folder is None:
-            raise DatasetDownloadError(
-                target, f"{url} holds no BEIR dataset (corpus.jsonl, queries.jsonl, qrels/); nothing was written"
-            )
+    with _open(url, timeout_s, shown, how) as response:
         try:
-            os.rename(folder, target)
-        except OSError:
-            if not target.is_dir():  # another process may have finished the same download first
-                raise
-            logger.info("%s appeared meanwhile; keeping it", target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.download-"))
+        except OSError as error:
+            raise DatasetDownloadError(
+                shown, f"cannot write the download under {root} ({error}); set benchmark.download_dir, or {how}"
+            ) from None
+        try:
+            archive = work / f"{name}.zip"
+            digest = _stream(response, archive, show_progress, url, shown, how)
+            if expected_md5 is not None and digest != expected_md5.lower():
+                raise DatasetDownloadError(
+                    shown, f"{url}: md5 {digest} differs from the published {expected_md5}; nothing was written; {how}"
+                )
+            extracted = work / "unzipped"
+            _unzip(archive, extracted, url, shown, how)
+            archive.unlink()
+            folder = _dataset_folder(extracted, name)
+            if folder is None:
+                raise DatasetDownloadError(
+                    shown, f"{url} holds no BEIR dataset (corpus.jsonl, queries.jsonl, qrels/); nothing was written"
+                )
+            try:
+                os.rename(folder, target)
+            except OSError:
+                if not target.is_dir():  # another process may have finished the same download first
+                    raise
+                logger.info("%s appeared meanwhile; keeping it", target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     logger.info("BEIR dataset %s downloaded from %s into %s", name, url, target)
     return target
 
 
-def _fetch(url: str, path: Path, show_progress: bool, timeout_s: float, target: Path, how: str) -> str:
-    """Stream ``url`` into ``path``; return the md5. Network and HTTP failures become clear errors."""
-    import http.client
+def _open(url: str, timeout_s: float, target: Path, how: str) -> Any:
+    """``urlopen(url)``; an HTTP error or an unreachable server becomes a ``DatasetDownloadError``."""
     import urllib.error
     import urllib.request
 
-    from tqdm.auto import tqdm
-
-    digest = hashlib.md5()
-    received = 0
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, path.open("wb") as handle:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name, disable=not show_progress
-            ) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    handle.write(block)
-                    digest.update(block)
-                    received += len(block)
-                    bar.update(len(block))
+        return urllib.request.urlopen(url, timeout=timeout_s)
     except urllib.error.HTTPError as error:
         raise DatasetDownloadError(target, f"{url}: HTTP {error.code} {error.reason}; {how}") from None
-    except http.client.IncompleteRead as error:
-        raise DatasetDownloadError(
-            target,
-            f"{url}: download truncated ({received + len(error.partial)} bytes, then the connection ended); "
-            f"nothing was written; {how}",
-        ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DatasetDownloadError(
             target, f"BEIR dataset not found, and {url} could not be fetched ({reason}); {how}"
         ) from None
+
+
+def _stream(response: Any, path: Path, show_progress: bool, url: str, target: Path, how: str) -> str:
+    """Copy the response body into ``path`` with a progress bar; return its md5. Checks the length."""
+    import http.client
+
+    from tqdm.auto import tqdm
+
+    digest = hashlib.md5()
+    received = 0
+    length = response.headers.get("Content-Length")
+    total = int(length) if length and length.isdigit() else None
+    try:
+        with (
+            path.open("wb") as handle,
+            tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name, disable=not show_progress
+            ) as bar,
+        ):
+            for block in iter(lambda: response.read(1 << 20), b""):
+                handle.write(block)
+                digest.update(block)
+                received += len(block)
+                bar.update(len(block))
+    except http.client.IncompleteRead as error:
+        received += len(error.partial)
+    except OSError as error:  # the connection dropped mid-way
+        raise DatasetDownloadError(target, f"{url}: download failed ({error}); nothing was written; {how}") from None
     if total is not None and received != total:
         raise DatasetDownloadError(
             target, f"{url}: download truncated ({received} of {total} bytes); nothing was written; {how}"
