@@ -178,6 +178,8 @@ class SentenceTransformerSource:
         import torch
         from sentence_transformers.util import batch_to_device
 
+        from models import length_batches
+
         model = self.model
         model.eval()
         out: np.ndarray | None = None
@@ -216,27 +218,6 @@ class SentenceTransformerSource:
             mask = self._preprocess(texts[start : start + chunk])["attention_mask"]
             counts.extend(int(n) for n in mask.sum(dim=1).tolist())
         return counts
-
-
-def length_batches(
-    order: Sequence[int], lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None
-) -> list[list[int]]:
-    """Cut ``order`` (indices, longest first) into batches of <= ``batch_size`` rows and padded tokens.
-
-    A batch's padded size is its row count times its first (longest) row; a text longer than
-    ``max_batch_tokens`` still gets a batch of its own.
-    """
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        rows = len(current) + 1
-        if current and (rows > batch_size or (max_batch_tokens and rows * lengths[current[0]] > max_batch_tokens)):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def resolve_max_batch_tokens(max_batch_tokens: int | None, device: str, threads: int | None = None) -> int | None:

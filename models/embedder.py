@@ -233,7 +233,7 @@ class DecoderEmbedder(nn.Module):
         bodies = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 2)
         rows = [delimit_ids(body, open_id, close_id, max_length) for body in bodies["input_ids"]]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-        batches = _length_batches(order, [len(row) for row in rows], batch_size, max_batch_tokens)
+        batches = length_batches(order, [len(row) for row in rows], batch_size, max_batch_tokens)
         if show_progress:
             from tqdm.auto import tqdm
 
@@ -341,7 +341,7 @@ class DecoderEmbedder(nn.Module):
         return model
 
 
-def _length_batches(
+def length_batches(
     order: Sequence[int], lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None
 ) -> list[list[int]]:
     """Cut ``order`` (indices, longest first) into batches of <= ``batch_size`` rows and padded tokens.

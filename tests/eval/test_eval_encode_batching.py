@@ -16,9 +16,9 @@ from eval.sources import (
     CPU_MAX_BATCH_TOKENS,
     CheckpointSource,
     SentenceTransformerSource,
-    length_batches,
     resolve_max_batch_tokens,
 )
+from models import length_batches
 
 TEXTS = [
     "what is a cat",
