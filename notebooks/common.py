@@ -20,16 +20,6 @@ import numpy as np
 SMALL_ENV = "CPT_NOTEBOOK_SMALL"
 MINILM = "minilm"
 UNTRAINED = ("tiny-random", "smollm2-135m")
-TINY_RANDOM = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
-}
-SIMILARITY_SIDES = {"text": {"open_token": "<|sim_start|>", "close_token": "<|sim_end|>"}}  # configs/tower/similarity
 
 
 def small_settings() -> bool:
@@ -111,12 +101,16 @@ def load_source(spec: str, root: Path, max_length: int = 256, batch_size: int = 
             show_progress=False,
         )
     if spec in UNTRAINED:
+        from omegaconf import OmegaConf
+
         from models import DecoderEmbedder
 
-        random_config = TINY_RANDOM if spec == "tiny-random" else None
-        embedder = DecoderEmbedder.build(
-            None if random_config else spec, SIMILARITY_SIDES, random_config=random_config, seed=0
-        )
+        configs = root / "configs"
+        sides = OmegaConf.to_container(OmegaConf.load(configs / "tower" / "similarity.yaml").sides)
+        random_config = None
+        if spec == "tiny-random":  # the tests' tiny decoder, as configs/model/tiny-random.yaml defines it
+            random_config = OmegaConf.to_container(OmegaConf.load(configs / "model" / "tiny-random.yaml").random_config)
+        embedder = DecoderEmbedder.build(None if random_config else spec, sides, random_config=random_config, seed=0)
         return DecoderSource(embedder, f"{spec} (untrained)", max_length, batch_size)
     folder = resolve(spec, root)
     if not folder.is_dir():
