@@ -172,11 +172,29 @@ def run_logged(command: list[str], log: Path, dry_run: bool) -> float:
     return seconds
 
 
+def ensure_pair_data(plan: DictConfig, step: str, dry_run: bool) -> None:
+    """Build the pair datasets a tower trains on, or a benchmark reads, that are not built yet.
+
+    ``plan.pair_data`` maps a tower or benchmark name to dataset names; each missing one is built
+    with the command ``pairdata`` itself names for it (its ``FileNotFoundError`` says the same).
+    """
+    from pairdata.loading import build_command, default_data_dir
+    from pairdata.store import is_complete
+
+    root = default_data_dir()
+    for name in (plan.get("pair_data") or {}).get(step, []):
+        if is_complete(root, name):
+            continue
+        command = [sys.executable, "-m", *build_command(name).split()[2:], "--data-dir", str(root)]
+        run_logged(command, ROOT / plan.runs_dir / "pairdata" / f"{name}.log", dry_run)
+
+
 def train_tower(plan: DictConfig, tower: str, dry_run: bool) -> None:
     checkpoint = final_checkpoint(plan, tower)
     if checkpoint.is_dir():
         print(f"[{tower}] trained: {checkpoint}")
         return
+    ensure_pair_data(plan, tower, dry_run)
     experiment = plan.towers[tower]
     command = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", "train/contrastive.py", f"experiment={experiment}", "resume=auto",
@@ -307,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[{job.row} / {job.benchmark}] skipped: tower {missing} not trained")
                 continue
             row = next(r for r in plan.rows if r.name == job.row)
+            ensure_pair_data(plan, job.benchmark, args.dry_run)
             if "untrained" in row and not args.dry_run:
                 build_untrained(plan, row.untrained[job.benchmark])
             command = [sys.executable, "eval/run.py", *job.overrides]

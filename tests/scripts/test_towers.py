@@ -84,3 +84,18 @@ def test_dry_run_trains_before_it_evaluates_and_runs_nothing(tmp_path: Path, cap
     eval_at = out.index("eval/run.py benchmark=codesearchnet")
     assert train_at < eval_at
     assert not Path(plan.output_dir).exists() and not Path(plan.runs_dir).exists()
+
+
+def test_missing_pair_data_is_built_before_the_tower_trains(tmp_path: Path, capsys, monkeypatch) -> None:
+    data_dir = tmp_path / "pairdata"
+    monkeypatch.setenv("CPT_PAIRDATA_DIR", str(data_dir))
+    (data_dir / "code-go").mkdir(parents=True)
+    (data_dir / "code-go" / "manifest.json").write_text("{}")  # built: not rebuilt
+    plan = plan_in(tmp_path)
+    towers.main(["--plan", str(tmp_path / "towers.yaml"), "--dry-run", "--rows", "code"])
+    out = capsys.readouterr().out
+    build_ruby = out.index(f"-m pairdata build code --language ruby --data-dir {data_dir}")
+    assert build_ruby < out.index("train/contrastive.py experiment=code")
+    assert "--language go " not in out
+    languages = ("go", "java", "javascript", "php", "python", "ruby")
+    assert set(plan.pair_data.code) == {f"code-{lang}" for lang in languages}
