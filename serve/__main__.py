@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-queued-rows", type=int, default=65536, help="queued rows beyond this answer 429")
     parser.add_argument("--max-length", type=int, default=512, help="longest row the model runs, delimiters included")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: torch.autocast")
     parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         max_queued_rows=args.max_queued_rows,
         max_length=args.max_length,
         device=args.device,
+        precision=args.precision,
         torch_threads=args.torch_threads,
     )
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)

@@ -57,6 +57,7 @@ class Settings:
         max_queued_rows: rows waiting beyond this answer 429 (overload).
         max_length: longest row the model runs, delimiters included.
         device: torch device of the model.
+        precision: ``fp32`` or ``bf16`` (autocast), as the evaluation harness's ``source.precision``.
         torch_threads: intra-op threads of the model (``None``: torch's default, one per core);
             on a machine shared with other work, fewer threads avoid stalls at thread barriers.
     """
@@ -70,6 +71,7 @@ class Settings:
     max_queued_rows: int = 65536
     max_length: int = 512
     device: str = "cpu"
+    precision: str = "fp32"
     torch_threads: int | None = None
 
 
@@ -98,6 +100,7 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
                 settings.name,
                 settings.max_length,
                 settings.device,
+                settings.precision,
             )
         batcher: MicroBatcher[Row, torch.Tensor] = MicroBatcher(
             served.run,

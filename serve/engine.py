@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +35,18 @@ class EmbeddingEngine:
         name: the served model name (``NAME``).
         max_length: longest row the model runs, delimiters included; longer bodies are cut to
             ``max_length - 2`` tokens, as :meth:`DecoderEmbedder.encode` does.
+        precision: ``fp32``, or ``bf16`` (``torch.autocast``: faster on GPUs and AVX512-BF16 CPUs;
+            the same setting as the evaluation harness's ``source.precision``).
     """
 
-    def __init__(self, model: DecoderEmbedder, name: str, max_length: int = 512, device: str = "cpu") -> None:
+    def __init__(
+        self, model: DecoderEmbedder, name: str, max_length: int = 512, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
         if max_length < 3:
             raise ValueError(f"max_length must be >= 3, got {max_length}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.name = name
@@ -56,11 +64,17 @@ class EmbeddingEngine:
 
     @classmethod
     def from_folder(
-        cls, folder: str | Path, name: str | None = None, max_length: int = 512, device: str = "cpu"
+        cls,
+        folder: str | Path,
+        name: str | None = None,
+        max_length: int = 512,
+        device: str = "cpu",
+        precision: str = "fp32",
     ) -> EmbeddingEngine:
         """Load a checkpoint, a training run folder (newest checkpoint) or an export folder."""
         model = DecoderEmbedder.from_pretrained(folder)
-        return cls(model, name or Path(folder).resolve().name, max_length=max_length, device=device)
+        name = name or Path(folder).resolve().name
+        return cls(model, name, max_length=max_length, device=device, precision=precision)
 
     def side_of(self, model_name: str) -> str | None:
         return self.model_names.get(model_name)
@@ -84,18 +98,25 @@ class EmbeddingEngine:
         out: list[torch.Tensor | None] = [None] * len(rows)
         for chunk in length_chunks([len(row.ids) for row in rows], PADDING_SLACK):
             batch = pad_rows([rows[i].ids for i in chunk], self._pad_id, self.model.padding_side)
-            embeddings = self.model(
-                batch["input_ids"].to(self.device),
-                batch["attention_mask"].to(self.device),
-                [rows[i].side for i in chunk],
-            )  # (B, D)
+            with self._autocast():
+                embeddings = self.model(
+                    batch["input_ids"].to(self.device),
+                    batch["attention_mask"].to(self.device),
+                    [rows[i].side for i in chunk],
+                )  # (B, D)
             for i, vector in zip(chunk, embeddings.float().cpu().unbind(0), strict=True):
                 out[i] = vector
         assert all(vector is not None for vector in out)
         return out  # type: ignore[return-value]
 
+    def _autocast(self) -> torch.autocast | nullcontext:
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
 
 PADDING_SLACK = 1.25
+PRECISIONS = ("fp32", "bf16")
 
 
 def length_chunks(lengths: Sequence[int], slack: float = PADDING_SLACK) -> list[list[int]]:

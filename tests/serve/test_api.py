@@ -230,3 +230,25 @@ def test_models_list_the_matryoshka_sizes_a_model_was_trained_for(tmp_path):
     short = vectors(post(app, {"input": TEXTS, "model": "m", "dimensions": 8}))
     full = model.encode(TEXTS, "text", max_length=32)
     np.testing.assert_allclose(short, torch.nn.functional.normalize(full[:, :8], dim=-1).numpy(), atol=1e-5)
+
+
+def test_bf16_serving_matches_the_model_under_the_same_autocast():
+    from tests.serve.conftest import build_engine
+
+    bf16 = build_engine(precision="bf16")
+    got = vectors(post(create_app(Settings(), engine=bf16), {"input": TEXTS, "model": f"{NAME}-doc"}))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = expected(bf16, TEXTS, "doc")
+    fp32 = expected(build_engine(), TEXTS, "doc")
+    np.testing.assert_allclose(got, want, atol=1e-2)
+    assert np.abs(got - fp32).max() > 1e-5  # autocast really ran: bf16 rounding shows
+    assert (got * fp32).sum(axis=1).min() > 0.99
+
+
+def test_unknown_precision_is_refused():
+    from serve.__main__ import parse_args
+    from tests.serve.conftest import build_engine
+
+    with pytest.raises(ValueError, match="precision"):
+        build_engine(precision="fp16")
+    assert parse_args(["--model", "m", "--precision", "bf16"]).precision == "bf16"
