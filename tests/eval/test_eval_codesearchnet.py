@@ -47,6 +47,7 @@ def test_groups_of_group_size_drop_the_partial_tail(tmp_path: Path) -> None:
         "pairs": 130,
         "queries": 100,
         "groups": 2,
+        "groups_available": 2,
         "distractors": 49,
         "shuffle_seed": None,
     }
@@ -105,3 +106,25 @@ def test_code_tokens_with_line_breaks_are_flattened(tmp_path: Path) -> None:
     texts, codes, _ = CodeSearchNetBenchmark(str(tmp_path), languages=["go"]).load("go")
     assert texts == ["adds one"]
     assert codes == ['s = "a b"  ']
+
+
+class _RecordingSource(_LengthSource):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def encode(self, texts, role):
+        self.seen.extend(texts)
+        return super().encode(texts, role)
+
+
+def test_max_groups_scores_only_the_first_groups_after_the_shuffle(tmp_path: Path) -> None:
+    _write(tmp_path / "code-python" / "test.jsonl", 130)
+    source = _RecordingSource()
+    bench = CodeSearchNetBenchmark(str(tmp_path), languages=["python"], group_size=50, max_groups=1)
+    output = bench.run(Context.for_source(source, "recording", None, False))
+    first_group = {f"t{i}" for i in codebert_order(130, 0)[:50]}
+    assert set(source.seen) == first_group and len(source.seen) == 100  # 50 docstrings + their 50 codes
+    assert output.details["python"]["groups"] == 1 and output.details["python"]["groups_available"] == 2
+    assert output.details["python"]["queries"] == 50
+    with pytest.raises(ValueError, match="max_groups"):
+        CodeSearchNetBenchmark(str(tmp_path), max_groups=0)
