@@ -164,7 +164,7 @@ def _npm(package: str, version: str) -> SourceSpec:
     )
 
 
-RAILS_VERSION = "2:6.1.7.10+dfsg-1~deb12u3"
+RAILS_VERSION = "2:6.1.7.10+dfsg-1~deb12u4"
 RUBY_GEM_PACKAGES = (
     ("ruby-activesupport", RAILS_VERSION),
     ("ruby-activerecord", RAILS_VERSION),
@@ -233,7 +233,7 @@ DEFAULT_CODE_SOURCES: dict[str, list[SourceSpec]] = {
             name="libruby3.1",
             kind="deb",
             package="libruby3.1",
-            version="3.1.7-1~deb12u2",
+            version="3.1.2-7+deb12u1",  # bookworm main: security updates replace their versions
             subpath="usr/lib/ruby/3.1.0",
             group_depth=1,
         ),
