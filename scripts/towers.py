@@ -17,9 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,11 @@ COLUMN_KEYS = {
 }
 
 
+# untrained: the decoder with a tower's delimiters; trained: a tower's final checkpoint; served: that
+# checkpoint exported and behind `python -m serve`, scored over HTTP; source: any eval/run.py source.
+ROW_KINDS = ("untrained", "trained", "served", "source")
+
+
 @dataclass
 class Evaluation:
     """One ``eval/run.py`` call: a row scored on a benchmark."""
@@ -49,6 +58,7 @@ class Evaluation:
     overrides: list[str]
     output_dir: Path
     needs: list[str] = field(default_factory=list)  # towers whose checkpoint must exist first
+    served: str | None = None  # the tower to export and serve for this call (its URL is appended)
 
     @property
     def results(self) -> Path:
@@ -61,9 +71,9 @@ def load_plan(path: Path) -> DictConfig:
         if key not in plan:
             raise ValueError(f"{path}: missing key {key!r}")
     for row in plan.rows:
-        kinds = [k for k in ("untrained", "trained", "source") if k in row]
+        kinds = [k for k in ROW_KINDS if k in row]
         if len(kinds) != 1:
-            raise ValueError(f"{path}: row {row.get('name')!r} needs exactly one of untrained/trained/source")
+            raise ValueError(f"{path}: row {row.get('name')!r} needs exactly one of {'/'.join(ROW_KINDS)}")
         benchmarks = list(row.get(kinds[0]) if kinds[0] != "source" else row.get("benchmarks", []))
         unknown = [b for b in benchmarks if b not in plan.benchmarks]
         if unknown:
@@ -128,10 +138,8 @@ def evaluations(plan: DictConfig, rows: list[str] | None, benchmarks: list[str] 
     for row in plan.rows:
         if rows and row.name not in rows:
             continue
-        if "source" in row:
-            pairs = [(b, None) for b in row.benchmarks]
-        else:
-            pairs = list((row.untrained if "untrained" in row else row.trained).items())
+        kind = next(k for k in ROW_KINDS if k in row)
+        pairs = [(b, None) for b in row.benchmarks] if kind == "source" else list(row[kind].items())
         for benchmark, tower in pairs:
             if benchmarks and benchmark not in benchmarks:
                 continue
@@ -139,6 +147,13 @@ def evaluations(plan: DictConfig, rows: list[str] | None, benchmarks: list[str] 
             if tower is None:
                 source = list(row.source)
                 needs = []
+            elif kind == "served":
+                source = ["source=openai", f"source.model={tower}", f"source.name=served-{tower}"]
+                role_sides = row.get("role_sides") or {}
+                if role_sides:
+                    models = ", ".join(f"{role}: {tower}-{side}" for role, side in role_sides.items())
+                    source.append(f"source.role_models={{{models}}}")
+                needs = [tower]
             else:
                 checkpoint = untrained_checkpoint(plan, tower) if "untrained" in row else final_checkpoint(plan, tower)
                 source = [
@@ -149,10 +164,10 @@ def evaluations(plan: DictConfig, rows: list[str] | None, benchmarks: list[str] 
                 ]
                 needs = [] if "untrained" in row else [tower]
             overrides = [*plan.benchmarks[benchmark], *source, "reference_model=null", "show_progress=false"]
-            if plan.get("cache_dir"):
+            if plan.get("cache_dir") and kind != "served":  # served rows must really go over HTTP
                 overrides.append(f"cache_dir={Path(plan.cache_dir).expanduser()}")
             overrides.append(f"output_dir={folder}")
-            out.append(Evaluation(row.name, benchmark, overrides, folder, needs))
+            out.append(Evaluation(row.name, benchmark, overrides, folder, needs, tower if kind == "served" else None))
     return out
 
 
@@ -205,6 +220,53 @@ def train_tower(plan: DictConfig, tower: str, dry_run: bool) -> None:
         (run_dir / "towers-train.json").write_text(json.dumps({"command": command, "seconds": round(seconds)}) + "\n")
 
 
+@contextmanager
+def serving(plan: DictConfig, tower: str, log_dir: Path, dry_run: bool) -> Iterator[str]:
+    """Export ``tower``'s final checkpoint, run ``python -m serve`` on it, yield its ``/v1`` URL."""
+    export_dir = ROOT / plan.runs_dir / "exports" / tower
+    if not (export_dir / "export.json").is_file():
+        run_logged([sys.executable, "-m", "serve.export", str(final_checkpoint(plan, tower)), str(export_dir)],
+                   log_dir / "export.log", dry_run)  # fmt: skip
+    port = free_port()
+    command = [sys.executable, "-m", "serve", "--model", str(export_dir), "--name", tower, "--port", str(port),
+               *map(str, plan.get("serve_args", []))]  # fmt: skip
+    print("$ " + " ".join(command) + " &", flush=True)
+    url = f"http://127.0.0.1:{port}"
+    if dry_run:
+        yield f"{url}/v1"
+        return
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / "serve.log").open("w") as log:
+        server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_healthy(url, server, timeout_s=600)
+            yield f"{url}/v1"
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # not listening yet, or 503 while the model loads
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url}/health did not answer 200 within {timeout_s:.0f} s")
+
+
 def load_scores(plan: DictConfig) -> dict[str, dict[str, Any]]:
     """row -> {"scores": {key: value}, "seconds": {benchmark: s}} from the results on disk."""
     table: dict[str, dict[str, Any]] = {}
@@ -243,6 +305,25 @@ def verdicts(plan: DictConfig, table: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def served_lines(plan: DictConfig, table: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per served row: its scores over HTTP beside the same tower's checkpoint scores."""
+    lines = []
+    for row in plan.rows:
+        if "served" not in row:
+            continue
+        trained_row = next(
+            (r.name for r in plan.rows if "trained" in r and set(row.served.values()) <= set(r.trained.values())), None
+        )
+        served, local = table.get(row.name, {}).get("scores", {}), table.get(trained_row, {}).get("scores", {})
+        parts = [
+            f"{key} {served[key]:.2f} served vs {local[key]:.2f} from the checkpoint ({served[key] - local[key]:+.2f})"
+            for key in sorted(served)
+            if key in local and any(key in COLUMN_KEYS.get(benchmark, []) for benchmark in row.served)
+        ]
+        lines.append(f"- {row.label}: " + ("; ".join(parts) if parts else "not yet measured"))
+    return lines
+
+
 def training_lines(plan: DictConfig) -> list[str]:
     lines = []
     for tower, experiment in plan.towers.items():
@@ -277,6 +358,10 @@ def report(plan: DictConfig) -> str:
         "## Trained vs untrained",
         "",
         *verdicts(plan, table),
+        "",
+        "## Served over HTTP vs the checkpoint",
+        "",
+        *served_lines(plan, table),
         "",
         "## Training",
         "",
@@ -329,7 +414,12 @@ def main(argv: list[str] | None = None) -> None:
             if "untrained" in row and not args.dry_run:
                 build_untrained(plan, row.untrained[job.benchmark])
             command = [sys.executable, "eval/run.py", *job.overrides]
-            run_logged(command, job.output_dir / "run.log", args.dry_run)
+            if job.served is None:
+                run_logged(command, job.output_dir / "run.log", args.dry_run)
+                continue
+            with serving(plan, job.served, job.output_dir, args.dry_run) as base_url:
+                os.environ.setdefault("OPENAI_API_KEY", "unused")  # the local server checks no key
+                run_logged([*command, f"source.base_url={base_url}"], job.output_dir / "run.log", args.dry_run)
     text = report(plan)
     path = ROOT / plan.output_dir / "report.md"
     if not args.dry_run:

@@ -62,18 +62,21 @@ def test_report_fills_cells_and_says_which_tower_beats_the_untrained_decoder(tmp
         ("similarity", "sts"): {"sts/STSBenchmark/spearman": 70.0, "sts/SICK-R/spearman": 45.0},
         ("untrained", "arguana"): {"beir/arguana/ndcg@10": 10.0},
         ("search", "arguana"): {"beir/arguana/ndcg@10": 30.0},
+        ("similarity_served", "sts"): {"sts/STSBenchmark/spearman": 69.99, "sts/SICK-R/spearman": 45.0},
     }
     for (row, benchmark), values in scores.items():
         folder = Path(plan.output_dir) / row / benchmark
         folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps({"scores": values, "seconds": 12.0}))
     text = towers.report(plan)
-    assert "| sts/STSBenchmark/spearman | 40.00 | 70.00 | – | – | – | – | – | – |" in text
-    assert "| codesearchnet/go/mrr | – | – | – | – | – | – | – | 97.7 |" in text  # the paper's column
+    empty = len(plan.rows) - 3 + 1  # rows without STS scores, and the paper's column
+    assert "| sts/STSBenchmark/spearman | 40.00 | 70.00 | 69.99 | " + " | ".join(["–"] * empty) + " |" in text
+    assert "| codesearchnet/go/mrr | " + " | ".join(["–"] * len(plan.rows)) + " | 97.7 |" in text  # the paper's
     assert "sts/STSBenchmark/spearman 70.00 vs 40.00: beats" in text
     assert "sts/SICK-R/spearman 45.00 vs 50.00: does NOT beat" in text
     assert "beir/arguana/ndcg@10 30.00 vs 10.00: beats" in text
     assert "codesearchnet/average/mrr: not yet measured" in text
+    assert "sts/STSBenchmark/spearman 69.99 served vs 70.00 from the checkpoint (-0.01)" in text
 
 
 def test_dry_run_trains_before_it_evaluates_and_runs_nothing(tmp_path: Path, capsys) -> None:
@@ -99,3 +102,37 @@ def test_missing_pair_data_is_built_before_the_tower_trains(tmp_path: Path, caps
     assert "--language go " not in out
     languages = ("go", "java", "javascript", "php", "python", "ruby")
     assert set(plan.pair_data.code) == {f"code-{lang}" for lang in languages}
+
+
+def test_served_row_exports_serves_and_scores_over_http_without_the_cache(tmp_path: Path, capsys) -> None:
+    plan = plan_in(tmp_path)
+    plan.cache_dir = "/tmp/some-cache"
+    job = next(j for j in towers.evaluations(plan, ["similarity_served"], ["sts"]))
+    assert job.served == "similarity" and job.needs == ["similarity"]
+    assert "source=openai" in job.overrides and "source.model=similarity" in job.overrides
+    assert not any(o.startswith("cache_dir=") for o in job.overrides)
+
+
+def test_serving_runs_the_exported_tower_behind_the_real_server(tmp_path: Path) -> None:
+    import urllib.request
+
+    import numpy as np
+
+    from models import DecoderEmbedder
+    from tests.conftest import TINY_LLAMA
+
+    plan = plan_in(tmp_path)
+    plan.serve_args = ["--max-length", 32, "--torch-threads", 1]
+    model = DecoderEmbedder.build(None, {"text": {"open_token": "<|t|>", "close_token": "<|/t|>"}},
+                                  random_config=TINY_LLAMA, seed=0)  # fmt: skip
+    model.save_pretrained(towers.final_checkpoint(plan, "similarity"))
+    with towers.serving(plan, "similarity", tmp_path / "logs", dry_run=False) as base_url:
+        request = urllib.request.Request(
+            f"{base_url}/embeddings",
+            data=json.dumps({"input": ["a sentence", "another one"], "model": "similarity"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.array([item["embedding"] for item in json.loads(response.read())["data"]])
+    assert (Path(plan.runs_dir) / "exports" / "similarity" / "export.json").is_file()
+    np.testing.assert_allclose(served, model.encode(["a sentence", "another one"], "text", max_length=32), atol=1e-5)
