@@ -160,7 +160,7 @@ def evaluations(plan: DictConfig, rows: list[str] | None, benchmarks: list[str] 
                     "source=checkpoint",
                     f"source.checkpoint_dir={checkpoint}",
                     f"source.name={'untrained-' + tower if 'untrained' in row else tower}",
-                    *plan.get("checkpoint_overrides", []),
+                    *checkpoint_overrides(plan, benchmark),
                 ]
                 needs = [] if "untrained" in row else [tower]
             overrides = [*plan.benchmarks[benchmark], *source, "reference_model=null", "show_progress=false"]
@@ -169,6 +169,14 @@ def evaluations(plan: DictConfig, rows: list[str] | None, benchmarks: list[str] 
             overrides.append(f"output_dir={folder}")
             out.append(Evaluation(row.name, benchmark, overrides, folder, needs, tower if kind == "served" else None))
     return out
+
+
+def checkpoint_overrides(plan: DictConfig, benchmark: str) -> list[str]:
+    """``checkpoint_overrides``, with a benchmark's own values (``benchmark_checkpoint_overrides``) replacing them."""
+    specific = list((plan.get("benchmark_checkpoint_overrides") or {}).get(benchmark, []))
+    keys = {override.split("=", 1)[0] for override in specific}
+    general = [o for o in plan.get("checkpoint_overrides", []) if o.split("=", 1)[0] not in keys]
+    return [*general, *specific]
 
 
 def run_logged(command: list[str], log: Path, dry_run: bool) -> float:

@@ -136,3 +136,13 @@ def test_serving_runs_the_exported_tower_behind_the_real_server(tmp_path: Path) 
             served = np.array([item["embedding"] for item in json.loads(response.read())["data"]])
     assert (Path(plan.runs_dir) / "exports" / "similarity" / "export.json").is_file()
     np.testing.assert_allclose(served, model.encode(["a sentence", "another one"], "text", max_length=32), atol=1e-5)
+
+
+def test_a_benchmarks_checkpoint_overrides_replace_the_general_ones(tmp_path: Path) -> None:
+    plan = plan_in(tmp_path)
+    plan.checkpoint_overrides = ["source.precision=bf16", "source.max_length=256"]
+    plan.benchmark_checkpoint_overrides = {"arguana": ["source.max_length=128"]}
+    arguana = next(j for j in towers.evaluations(plan, ["search"], ["arguana"]))
+    sts = next(j for j in towers.evaluations(plan, ["similarity"], ["sts"]))
+    assert "source.max_length=128" in arguana.overrides and "source.max_length=256" not in arguana.overrides
+    assert "source.max_length=256" in sts.overrides and "source.precision=bf16" in arguana.overrides
