@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 COLUMN_KEYS = {
     "senteval": [f"senteval/{task}/accuracy" for task in ("MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC")]
-    + ["senteval/MRPC/f1", "senteval/average/accuracy"],
+    + ["senteval/MRPC/f1", "senteval/average/accuracy", "senteval/average_subset/accuracy"],
     "sts": ["sts/STSBenchmark/spearman", "sts/SICK-R/spearman"],
     "arguana": ["beir/arguana/ndcg@10"],
     "codesearchnet": [f"codesearchnet/{lang}/mrr" for lang in ("go", "java", "javascript", "php", "python", "ruby")]
