@@ -343,21 +343,28 @@ def training_lines(plan: DictConfig) -> list[str]:
 
 
 def report(plan: DictConfig) -> str:
-    """The markdown table: one row per score, one column per model row, then the paper's columns."""
+    """The markdown table: one row per score, one column per model row, then the paper's columns.
+
+    Model rows with no result yet, and scores no model row has, are left out (and named below the table).
+    """
     table = load_scores(plan)
     paper = paper_values(plan)
-    labels = [row.label for row in plan.rows] + list(paper)
+    rows = [row for row in plan.rows if table.get(row.name, {}).get("scores")]
+    labels = [row.label for row in rows] + list(paper)
     lines = ["| score | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
     for group, keys in COLUMN_KEYS.items():
         if group not in plan.benchmarks:
             continue
         for key in keys:
-            cells = []
-            for row in plan.rows:
-                value = table.get(row.name, {}).get("scores", {}).get(key)
-                cells.append("–" if value is None else f"{value:.2f}")
+            values = [table[row.name]["scores"].get(key) for row in rows]
+            if all(value is None for value in values):
+                continue
+            cells = ["–" if value is None else f"{value:.2f}" for value in values]
             cells += ["–" if paper[label].get(key) is None else f"{paper[label][key]:.1f}" for label in paper]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    missing = [row.label for row in plan.rows if row not in rows]
+    if missing:
+        lines += ["", "Not measured yet: " + "; ".join(missing) + "."]
     body = [
         "## Scores (x100)",
         "",
