@@ -21,7 +21,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from serve.process import ServerProcess, free_port  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY_MODEL = {
@@ -126,46 +128,6 @@ def first_vector(url: str, model: str, text: str) -> list[float]:
     return response.json()["data"][0]["embedding"]
 
 
-class Process:
-    """A server subprocess on 127.0.0.1, waited for through ``/health`` and stopped with SIGTERM."""
-
-    def __init__(self, args: list[str], port: int) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=env)
-
-    def wait_ready(self, timeout: float = 600) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError("server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def prepare(args: argparse.Namespace, workdir: Path) -> Path:
     """An export folder of the chosen model (a checkpoint, SmolLM2-135M, or a tiny random model)."""
     from models import DecoderEmbedder
@@ -214,7 +176,7 @@ def run(args: argparse.Namespace) -> dict:
         firsts = {}
         for name, command in apps.items():
             port = free_port()
-            server = Process([*command, "--port", str(port)], port)
+            server = ServerProcess([*command, "--port", str(port)], port)
             try:
                 server.wait_ready()
                 model_name = f"{SERVED_NAME}-{side}"

@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from serve.process import ServerProcess, free_port  # noqa: E402
 
 COLUMN_KEYS = {
     "senteval": [f"senteval/{task}/accuracy" for task in ("MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC")]
@@ -236,43 +236,20 @@ def serving(plan: DictConfig, tower: str, log_dir: Path, dry_run: bool) -> Itera
         run_logged([sys.executable, "-m", "serve.export", str(final_checkpoint(plan, tower)), str(export_dir)],
                    log_dir / "export.log", dry_run)  # fmt: skip
     port = free_port()
-    command = [sys.executable, "-m", "serve", "--model", str(export_dir), "--name", tower, "--port", str(port),
-               *map(str, plan.get("serve_args", []))]  # fmt: skip
-    print("$ " + " ".join(command) + " &", flush=True)
-    url = f"http://127.0.0.1:{port}"
+    args = ["-m", "serve", "--model", str(export_dir), "--name", tower, "--port", str(port),
+            *map(str, plan.get("serve_args", []))]  # fmt: skip
+    print(f"$ {sys.executable} " + " ".join(args) + " &", flush=True)
     if dry_run:
-        yield f"{url}/v1"
+        yield f"http://127.0.0.1:{port}/v1"
         return
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / "serve.log").open("w") as log:
-        server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        server = ServerProcess(args, port, log=log)
         try:
-            wait_until_healthy(url, server, timeout_s=600)
-            yield f"{url}/v1"
+            server.wait_ready(timeout_s=600)
+            yield f"{server.url}/v1"
         finally:
-            server.terminate()
-            server.wait(timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:  # not listening yet, or 503 while the model loads
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url}/health did not answer 200 within {timeout_s:.0f} s")
+            server.stop()
 
 
 def load_scores(plan: DictConfig) -> dict[str, dict[str, Any]]:
