@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from serve.schemas import (
     ModelList,
 )
 
+logger = logging.getLogger(__name__)
 _BEARER = HTTPBearer(auto_error=False)
 
 
@@ -227,7 +229,13 @@ async def _token_bodies(value: str | list, served: EmbeddingEngine) -> list[list
         for i, text in enumerate(value):
             if not text:
                 raise OpenAIError(400, f"input[{i}] is an empty string", param="input", code="empty_input")
-        bodies = await asyncio.to_thread(served.tokenize, value)
+        try:
+            bodies = await asyncio.to_thread(served.tokenize, value)
+        except (TypeError, ValueError) as exc:  # a fast tokenizer's TypeError, a slow one's UnicodeError
+            logger.warning("the tokenizer refused a request's input: %s", exc)
+            raise OpenAIError(
+                400, "the tokenizer cannot take this input; send valid Unicode text", param="input", code="invalid_text"
+            ) from None
     else:
         bodies = value
         for i, ids in enumerate(bodies):

@@ -87,6 +87,36 @@ class LoopbackServer:
         assert not self.thread.is_alive(), "uvicorn did not stop"
 
 
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP/1.1 response with a Content-Length body from ``sock``: (status, lower-cased headers, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"the server closed the connection; got {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection inside a body")
+        body += chunk
+    return int(status_line.split()[1]), headers, body[:length]
+
+
+def raw_post(path: str, body: bytes, content_length: int | None = None, headers: str = "") -> bytes:
+    """An HTTP/1.1 keep-alive POST of ``body`` as raw bytes (``content_length`` may claim more than is sent)."""
+    length = len(body) if content_length is None else content_length
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n{headers}\r\n"
+    )
+    return head.encode() + body
+
+
 def loopback(app) -> Iterator[LoopbackServer]:
     server = LoopbackServer(app).start()
     try:

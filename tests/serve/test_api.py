@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from serve.app import Settings, create_app
+from serve.engine import EmbeddingEngine
 from serve.schemas import MAX_ITEMS, MAX_TOKENS_PER_ITEM, MAX_TOKENS_PER_REQUEST
 from tests.serve.conftest import MAX_LENGTH, NAME, run_with_client
 
@@ -166,11 +167,40 @@ def test_models_and_health(app, engine):
         ({"input": 5, "model": "tiny-query"}, 400, "invalid_value", "input"),
         ({"input": ["a", 1], "model": "tiny-query"}, 400, "invalid_value", "input"),
         ({"input": [1.5], "model": "tiny-query"}, 400, "invalid_value", "input"),
+        # strict integers, as OpenAI: no floats, booleans or numeric strings for token ids and dimensions
+        ({"input": [1.0], "model": "tiny-query"}, 400, "invalid_value", "input"),
+        ({"input": [True], "model": "tiny-query"}, 400, "invalid_value", "input"),
+        ({"input": [[False]], "model": "tiny-query"}, 400, "invalid_value", "input"),
+        ({"input": [1, "2"], "model": "tiny-query"}, 400, "invalid_value", "input"),
+        ({"input": "hi", "model": "tiny-query", "dimensions": 2.0}, 400, "invalid_value", "dimensions"),
+        ({"input": "hi", "model": "tiny-query", "dimensions": "8"}, 400, "invalid_value", "dimensions"),
+        ({"input": "hi", "model": "tiny-query", "dimensions": True}, 400, "invalid_value", "dimensions"),
     ],
     ids=lambda value: None if isinstance(value, dict) else str(value),
 )
 def test_invalid_requests(app, payload, status, code, param):
     assert_error(post(app, payload), status, code, param)
+
+
+@pytest.mark.parametrize("text", ['"a\\ud800b"', '["ok", "\\udfff"]'], ids=["lone-high", "lone-low-in-list"])
+def test_lone_surrogate_is_a_400(app, text):
+    raw = f'{{"input": {text}, "model": "tiny-query"}}'.encode()
+    response = post(app, content=raw, headers={"content-type": "application/json"})
+    assert_error(response, 400, "invalid_value", "input")
+
+
+class RefusingEngine(EmbeddingEngine):
+    """The tiny engine with a tokenizer that refuses every text, as a fast tokenizer refuses what it cannot encode."""
+
+    def tokenize(self, texts):
+        raise TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
+
+
+def test_text_the_tokenizer_refuses_is_a_400(engine):
+    refusing = RefusingEngine(engine.model, NAME, max_length=MAX_LENGTH)
+    response = post(create_app(Settings(), engine=refusing), {"input": ["fine", "text"], "model": f"{NAME}-doc"})
+    assert_error(response, 400, "invalid_text", "input")
+    assert "TextEncodeInput" not in response.json()["error"]["message"]  # the tokenizer's internals stay in the log
 
 
 def test_malformed_json(app):

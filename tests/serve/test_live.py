@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import threading
 import time
 
@@ -11,7 +13,7 @@ import pytest
 
 from serve.app import Settings, create_app
 from serve.engine import EmbeddingEngine
-from tests.serve.conftest import MAX_LENGTH, NAME, LoopbackServer, build_engine
+from tests.serve.conftest import MAX_LENGTH, NAME, LoopbackServer, build_engine, raw_post, read_response
 
 TEXTS = ["binary search in a sorted array", "how to reverse a linked list", "x", "lorem ipsum " * 20]
 
@@ -58,6 +60,18 @@ def test_openai_client_errors(live_server, engine):
         assert len(ok.data) == 1
     finally:
         locked.stop()
+
+
+def test_lone_surrogate_is_a_400_and_the_connection_lives_on(live_server):
+    good = json.dumps({"input": "fine", "model": f"{NAME}-doc"}).encode()
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=30) as sock:
+        sock.sendall(raw_post("/v1/embeddings", b'{"input": "a\\ud800b", "model": "tiny-doc"}'))
+        status, _, body = read_response(sock)
+        assert status == 400, body
+        assert json.loads(body)["error"]["param"] == "input"
+        sock.sendall(raw_post("/v1/embeddings", good))  # the same keep-alive connection
+        status, _, body = read_response(sock)
+        assert status == 200, body
 
 
 def test_32_clients_x_20_requests_equal_single_results(engine):
