@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +28,33 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, "file not found")
-    opener = _open_maybe_gzip(path)
-    with opener as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(path, f"not valid JSON ({error.msg})", line=number) from None
-            if not isinstance(record, dict):
-                raise DataFormatError(path, "expected a JSON object per line", line=number)
-            yield number, record
+    number = 0
+    lines = _read_lines(path)
+    while True:
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except (EOFError, OSError, zlib.error) as error:  # a truncated .gz, or a .gz that is not gzip
+            raise DataFormatError(
+                path, f"cannot be decompressed ({type(error).__name__}: {error})", line=number + 1
+            ) from None
+        number += 1
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataFormatError(
+                path, f"not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})", line=number
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(path, f"not valid JSON ({error.msg})", line=number) from None
+        if not isinstance(record, dict):
+            raise DataFormatError(path, "expected a JSON object per line", line=number)
+        yield number, record
 
 
 def load_jsonl_pairs(path: str | Path, x_field: str = "x", y_field: str = "y") -> list[Pair]:
@@ -68,9 +84,13 @@ def load_jsonl_pairs(path: str | Path, x_field: str = "x", y_field: str = "y") -
     return pairs
 
 
-def _open_maybe_gzip(path: Path):
+def _read_lines(path: Path) -> Iterator[bytes]:
+    """The file's lines as bytes (decoded per line by the caller, so an error names its line)."""
     if path.suffix == ".gz":
         import gzip
 
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        handle = gzip.open(path, "rb")
+    else:
+        handle = path.open("rb")
+    with handle:
+        yield from handle

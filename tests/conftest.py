@@ -13,6 +13,10 @@ SHARED_DATA = Path(os.environ.get("CPT_DATA_DIR", REPO_ROOT.parent / "shared" / 
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "HF_DATASETS_CACHE" not in os.environ:  # Arrow copies of the tests' small files stay out of the user's cache
+    import tempfile
+
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="cpt-tests-datasets-")
 
 TINY_LLAMA = {
     "model_type": "llama",

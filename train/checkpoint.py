@@ -27,6 +27,7 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 RUN_CONFIG = "train_config.yaml"
 TRAINING_STATE_DIR = "training_state"
+DATA_STATE_DIR = "data_state"
 
 
 def checkpoint_name(step: int) -> str:
@@ -42,11 +43,14 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     run_config_yaml: str,
     keep: int,
+    data_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` (call on every process) and keep the newest ``keep`` (0 = all).
 
     ``model`` is the prepared (wrapped) model; with FSDP or DeepSpeed its full state dict is
     gathered from every process before the main process writes the inference folder.
+    ``data_state`` is this process's data position when it is not a function of the step (a
+    stream), written by every process as ``data_state/rank-N.json``.
     """
     from accelerate.utils import DistributedType
 
@@ -58,6 +62,9 @@ def save_checkpoint(
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging / TRAINING_STATE_DIR))
+    if data_state is not None:
+        (staging / DATA_STATE_DIR).mkdir(exist_ok=True)
+        (staging / DATA_STATE_DIR / f"rank-{accelerator.process_index}.json").write_text(json.dumps(data_state))
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     state_dict = accelerator.get_state_dict(model) if sharded else None
     if accelerator.is_main_process:
@@ -103,6 +110,12 @@ def find_resume_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+def read_data_state(checkpoint: Path, rank: int) -> dict[str, Any] | None:
+    """Process ``rank``'s saved data position (streams only), or ``None``."""
+    path = checkpoint / DATA_STATE_DIR / f"rank-{rank}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _prune(output_dir: Path, keep: int) -> None:

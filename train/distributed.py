@@ -1,4 +1,4 @@
-"""Everything that knows about several processes: gathering embeddings with gradients."""
+"""Everything that knows about several processes: gathering embeddings (with gradients) and keys."""
 
 from __future__ import annotations
 
@@ -30,3 +30,12 @@ def release_accelerator_state() -> None:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def gather_keys(keys: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Concatenate integer ``keys`` (e.g. text hashes) from every process along dim 0, without gradients."""
+    if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return keys
+    parts = [torch.empty_like(keys) for _ in range(world_size)]
+    torch.distributed.all_gather(parts, keys.contiguous())
+    return torch.cat(parts, dim=0)

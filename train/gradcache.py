@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from train.losses import Matryoshka, symmetric_info_nce
+from train.losses import ContrastiveLoss
 
 
 class RandState:
@@ -49,33 +49,32 @@ def gradcache_backward(
     num_x: int,
     chunk_size: int,
     loss_weight: float,
-    rank: int,
-    world_size: int,
+    loss: ContrastiveLoss,
     no_sync: Callable[[], AbstractContextManager],
     autocast: Callable[[], AbstractContextManager],
     sync_last: bool,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-    matryoshka: Matryoshka | None = None,
 ) -> dict[str, torch.Tensor]:
     """Accumulate into ``.grad`` the gradients of ``loss_weight * loss`` for one micro-batch.
 
     Args:
         model: the (possibly DDP-wrapped) embedder, used for the replayed chunks.
         embedder: the unwrapped embedder (holds ``log_scale``), used for the graph-free pass.
-        batch: ``input_ids`` and ``attention_mask`` (2B, T): the B x-rows, then the B y-rows.
+        batch: ``input_ids`` and ``attention_mask`` (2B, T): the B x-rows, then the B y-rows; optionally
+            ``x_keys`` / ``y_keys`` (B,) for the loss's false-negative mask.
         sides: the side of each row.
         num_x: B, the number of x-rows.
         chunk_size: rows per forward pass.
         loss_weight: 1 / accumulation steps.
+        loss: the contrastive loss (gathers across processes itself).
         no_sync: context that skips the gradient all-reduce (DDP); used for every chunk but the
             last when ``sync_last`` and for all of them otherwise.
         autocast: mixed-precision context.
         sync_last: whether the last chunk's backward should all-reduce gradients.
         backward: runs a backward pass (``accelerator.backward``, which applies fp16 loss scaling).
-        matryoshka: prefix sizes and weights of the objective (``None``: the plain loss).
 
     Returns:
-        The loss terms of :func:`train.losses.symmetric_info_nce`, detached.
+        The loss's terms, detached.
     """
     device = embedder.log_scale.device
     input_ids = batch["input_ids"].to(device)
@@ -92,7 +91,7 @@ def gradcache_backward(
     cached = torch.cat(pieces).detach().requires_grad_()  # (2B, D)
 
     # Step (2): full-batch loss; gradients for the embeddings and the temperature only.
-    out = symmetric_info_nce(cached[:num_x], cached[num_x:], embedder.logit_scale(), rank, world_size, matryoshka)
+    out = loss(cached[:num_x], cached[num_x:], embedder.logit_scale(), batch.get("x_keys"), batch.get("y_keys"))
     embedding_grad, scale_grad = torch.autograd.grad(
         out["loss"] * loss_weight, [cached, embedder.log_scale], allow_unused=True
     )

@@ -1,8 +1,10 @@
-"""The training loop: batches of pairs -> embeddings -> symmetric InfoNCE -> AdamW step.
+"""The training loop: micro-batches -> embeddings -> the loss -> AdamW step.
 
-Owns the order of work in a run (setup, resume, steps, validation, checkpoints); the model
-(``models``), the loss (``train.losses``), GradCache (``train.gradcache``), the batch order
-(``train.batching``), checkpoints and metrics live in their own modules.
+:func:`build_run` builds everything a run needs into a :class:`Run` (accelerator, model, data,
+optimizer, scheduler, loss, resume); :func:`train_steps` only loops, asking :func:`backward_step`
+for each micro-batch's loss whatever the path (plain or GradCache). The model (``models``), the
+loss (``train.losses``), GradCache (``train.gradcache``), the data and its batch order
+(``train.data``, ``train.batching``), checkpoints and metrics live in their own modules.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +24,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from models import truncate_embeddings
 from pairdata import Pair
-from train.batching import StepBatcher
-from train.checkpoint import TRAINING_STATE_DIR, find_resume_checkpoint, read_trainer_state, save_checkpoint
+from train.batching import HeldOut
+from train.checkpoint import (
+    TRAINING_STATE_DIR,
+    find_resume_checkpoint,
+    read_data_state,
+    read_trainer_state,
+    save_checkpoint,
+)
+from train.data import Tokenization, TrainingData, build_training_data
 from train.distributed import release_accelerator_state
 from train.freezing import train_only_top_layers
 from train.gradcache import gradcache_backward
-from train.losses import Matryoshka, symmetric_info_nce
+from train.losses import ContrastiveLoss, InfoNCE, Matryoshka, build_loss
 from train.settings import TrainerSettings
 from train.tracking import MetricsFile, tracker_settings
 
@@ -62,21 +73,47 @@ def parameter_groups(
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run contrastive training as configured; return the final metrics and checkpoint path.
 
-    Creates the ``Accelerator`` here and nowhere else. Works unchanged on one process or many
-    (``accelerate launch``): negatives are gathered across processes by the loss. Can be called
-    again in the same process (Hydra multirun), with other settings.
+    Works unchanged on one process or many (``accelerate launch``): negatives are gathered across
+    processes by the loss. Can be called again in the same process (Hydra multirun), with other
+    settings.
     """
     try:
-        return _train(cfg, output_dir)
+        run = build_run(cfg, output_dir)
+        return train_steps(run)
     finally:
         release_accelerator_state()
 
 
-def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+@dataclass
+class Run:
+    """A built run: what :func:`train_steps` loops over, and nothing it has to construct."""
+
+    cfg: DictConfig
+    settings: TrainerSettings
+    output_dir: Path
+    accelerator: Any
+    model: torch.nn.Module  # prepared (possibly wrapped) for the backward pass
+    embedder: Any  # the unwrapped DecoderEmbedder
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss: ContrastiveLoss
+    data: TrainingData
+    sides: tuple[str, str]
+    metrics_file: MetricsFile
+    run_config: str
+    start_step: int = 0
+    checkpoint: Path | None = None
+    prefix_dims: tuple[int, ...] = ()
+
+
+def build_run(cfg: DictConfig, output_dir: Path) -> Run:
+    """Build the accelerator, model, data, optimizer, scheduler and loss, and resume if asked.
+
+    Creates the ``Accelerator`` here and nowhere else.
+    """
     import hydra
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     settings = TrainerSettings.from_config(OmegaConf.to_container(cfg.trainer, resolve=True))
@@ -98,14 +135,20 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if x_side not in tower.sides or y_side not in tower.sides:
         raise ValueError(f"tower.pair_sides {list(tower.pair_sides)} must name sides of {list(tower.sides)}")
 
-    with accelerator.main_process_first():  # the first load may convert the offline model into the cache
+    with accelerator.main_process_first():  # the first load may convert the offline model (or data) into a cache
         model = hydra.utils.instantiate(
             cfg.model, sides=OmegaConf.to_container(tower.sides), shared_weights=tower.shared_weights
         )
-    pairs: Sequence[Pair] = hydra.utils.instantiate(cfg.data)
-    pairs, val_pairs = split_validation(pairs, settings.val_pairs, cfg.seed)
-    global_batch = settings.batch_size * world * settings.grad_accum_steps
-    batcher = StepBatcher(pairs, global_batch, cfg.seed)
+        dataset = hydra.utils.instantiate(cfg.data)
+    tokenization = Tokenization(
+        model.tokenizer, model.sides[x_side], model.sides[y_side], settings.max_length, model.padding_side
+    )
+    data = build_training_data(
+        dataset, tokenization, seed=cfg.seed, steps=settings.steps, batch_size=settings.batch_size,
+        accum_steps=settings.grad_accum_steps, rank=rank, world_size=world, val_pairs=settings.val_pairs,
+        num_workers=settings.num_workers, prefetch_factor=settings.prefetch_factor,
+        pin_memory=accelerator.device.type == "cuda",
+    )  # fmt: skip
 
     if settings.train_top_layers:
         backbones = [model.backbone] if model.shared_weights else list(model.backbones.values())
@@ -131,11 +174,13 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if resume_from is not None:
         accelerator.load_state(str(resume_from / TRAINING_STATE_DIR))
         start_step = read_trainer_state(resume_from)["step"]
+        data.resume(read_data_state(resume_from, rank))
         metrics_file.truncate_after(start_step)
         if accelerator.is_main_process:
             logger.info("resumed from %s at step %d", resume_from, start_step)
+    else:
+        metrics_file.truncate_after(-1)  # a run that died before its first checkpoint starts its log again
 
-    run_config = OmegaConf.to_yaml(cfg, resolve=True)
     if log_with:
         accelerator.init_trackers(
             cfg.logging.project,
@@ -143,99 +188,95 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             init_kwargs={"wandb": {**wandb_kwargs, "name": cfg.name, "dir": str(output_dir)}},
         )
     if accelerator.is_main_process:
+        trainable = sum(p.numel() for p in embedder.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in embedder.parameters())
         logger.info(
-            "training %s on %d pairs: steps %d..%d x %d pairs (%d processes), %d negatives per item",
-            cfg.name, len(pairs), start_step + 1, settings.steps, global_batch, world,
-            settings.batch_size * world - 1,
+            "training %s on %s pairs (%s): steps %d..%d x %d pairs (%d processes), %d negatives per item; "
+            "%d of %d parameters trainable",
+            cfg.name, "a stream of" if data.train_rows is None else data.train_rows, ", ".join(data.names),
+            start_step + 1, settings.steps, data.global_batch, world, settings.batch_size * world - 1, trainable, total,
         )  # fmt: skip
+    return Run(
+        cfg=cfg, settings=settings, output_dir=output_dir, accelerator=accelerator, model=model, embedder=embedder,
+        optimizer=optimizer, scheduler=scheduler, loss=build_loss(rank, world, matryoshka), data=data,
+        sides=(x_side, y_side), metrics_file=metrics_file, run_config=OmegaConf.to_yaml(cfg, resolve=True),
+        start_step=start_step, checkpoint=resume_from, prefix_dims=matryoshka.dims if matryoshka else (),
+    )  # fmt: skip
 
-    def validate(step: int) -> dict[str, float]:
-        if not val_pairs:
-            return {}
-        scores = validation_metrics(
-            embedder, val_pairs, (x_side, y_side), settings.max_length, settings.batch_size,
-            matryoshka.dims if matryoshka else (),
+
+def backward_step(run: Run, micro: dict[str, torch.Tensor], last: bool) -> dict[str, torch.Tensor]:
+    """Loss and gradients of one micro-batch (accumulated into ``.grad``), plain or GradCache."""
+    settings, accelerator = run.settings, run.accelerator
+    micro = {key: value.to(accelerator.device, non_blocking=True) for key, value in micro.items()}
+    num_x = len(micro["x_keys"])
+    sides = [run.sides[0]] * num_x + [run.sides[1]] * num_x
+    if settings.gradcache_chunk:
+        return gradcache_backward(
+            run.model, run.embedder, micro, sides, num_x, settings.gradcache_chunk, 1.0 / settings.grad_accum_steps,
+            run.loss, no_sync=lambda: accelerator.no_sync(run.model), autocast=accelerator.autocast, sync_last=last,
+            backward=accelerator.backward,
         )  # fmt: skip
-        metrics_file.write({"step": step, **scores})
-        accelerator.log({f"val/{key.removeprefix('val_')}": value for key, value in scores.items()}, step=step)
-        return scores
+    with accelerator.no_sync(run.model) if not last else nullcontext(), accelerator.autocast():
+        embeddings = run.model(micro["input_ids"], micro["attention_mask"], sides)  # (2B, D)
+        out = run.loss(
+            embeddings[:num_x], embeddings[num_x:], run.embedder.logit_scale(), micro["x_keys"], micro["y_keys"]
+        )
+        accelerator.backward(out["loss"] / settings.grad_accum_steps)
+    return {key: value.detach() for key, value in out.items()}
 
+
+def train_steps(run: Run) -> dict[str, Any]:
+    """The step loop: micro-batches -> backward_step -> optimizer step, logging, validation, checkpoints."""
+    from tqdm.auto import tqdm
+
+    settings, accelerator, world = run.settings, run.accelerator, run.accelerator.num_processes
+    validate = partial(_validate, run)
     progress = tqdm(
-        total=settings.steps, initial=start_step, desc="train", disable=not accelerator.is_local_main_process
+        total=settings.steps, initial=run.start_step, desc="train", disable=not accelerator.is_local_main_process
     )
     record: dict[str, Any] = {}
-    checkpoint = resume_from
-    first_validation = validate(0) if start_step == 0 else {}
-    model.train()
-    for step in range(start_step, settings.steps):
-        started = time.perf_counter()
-        micro_batches = batcher.local_micro_batches(step, rank, world, settings.grad_accum_steps)
-        loss_sum = torch.zeros((), device=accelerator.device)
-        accuracy_sum = torch.zeros((), device=accelerator.device)
+    first_validation = validate(0) if run.start_step == 0 else {}
+    run.model.train()
+    started = time.perf_counter()
+    for step, micro_batches in enumerate(run.data.steps(run.start_step, settings.steps), start=run.start_step):
+        sums: dict[str, torch.Tensor] = {}
         tokens = torch.zeros((), device=accelerator.device)
-        prefix_loss_sums: dict[str, torch.Tensor] = {}
         for index, micro in enumerate(micro_batches):
-            texts = [pair.x for pair in micro] + [pair.y for pair in micro]
-            sides = [x_side] * len(micro) + [y_side] * len(micro)
-            batch = embedder.tokenize(texts, sides, settings.max_length)
-            tokens += batch["attention_mask"].sum()
-            last = index == len(micro_batches) - 1
-            if settings.gradcache_chunk:
-                out = gradcache_backward(
-                    model, embedder, batch, sides, len(micro), settings.gradcache_chunk,
-                    1.0 / settings.grad_accum_steps, rank, world,
-                    no_sync=lambda: accelerator.no_sync(model), autocast=accelerator.autocast, sync_last=last,
-                    backward=accelerator.backward, matryoshka=matryoshka,
-                )  # fmt: skip
-            else:
-                with accelerator.no_sync(model) if not last else nullcontext(), accelerator.autocast():
-                    embeddings = model(
-                        batch["input_ids"].to(accelerator.device),
-                        batch["attention_mask"].to(accelerator.device),
-                        sides,
-                    )  # (2B, D)
-                    out = symmetric_info_nce(
-                        embeddings[: len(micro)], embeddings[len(micro) :], embedder.logit_scale(), rank, world,
-                        matryoshka,
-                    )  # fmt: skip
-                    accelerator.backward(out["loss"] / settings.grad_accum_steps)
-            loss_sum += out["loss"].detach()
-            accuracy_sum += out["accuracy"]
-            for key in out:
-                if key.startswith("loss@"):
-                    prefix_loss_sums[key] = prefix_loss_sums.get(key, 0) + out[key].detach()
-        loss = accelerator.reduce(loss_sum / len(micro_batches), "mean").item()
-        if not math.isfinite(loss):
+            tokens += micro["attention_mask"].sum().to(accelerator.device)
+            out = backward_step(run, micro, last=index == len(micro_batches) - 1)
+            for key in ("loss", "accuracy", *(k for k in out if k.startswith("loss@"))):
+                sums[key] = sums.get(key, 0) + out[key]
+        means = {key: accelerator.reduce(total / len(micro_batches), "mean").item() for key, total in sums.items()}
+        if not math.isfinite(means["loss"]):
             raise NonFiniteLossError(
-                f"loss is {loss} at step {step + 1}; stopped before the weights were updated "
-                f"(last good checkpoint: {checkpoint or 'none'}). "
+                f"loss is {means['loss']} at step {step + 1}; stopped before the weights were updated "
+                f"(last good checkpoint: {run.checkpoint or 'none'}). "
                 "Lower trainer.lr, raise model.min_temperature, or check the data for empty texts."
             )
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), settings.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
 
         seconds = time.perf_counter() - started
-        total_tokens = accelerator.reduce(tokens, "sum").item()
+        started = time.perf_counter()
         record = {
             "step": step + 1,
-            "epoch": batcher.epoch_of(step + 1),
-            "samples_seen": (step + 1) * global_batch,
-            "loss": loss,
-            "accuracy": accelerator.reduce(accuracy_sum / len(micro_batches), "mean").item(),
-            "temperature": 1.0 / embedder.logit_scale().item(),
-            "lr": scheduler.get_last_lr()[0],
+            **({} if run.data.train_rows is None else {"epoch": run.data.epoch_of(step + 1)}),
+            "samples_seen": (step + 1) * run.data.global_batch,
+            **means,
+            "temperature": 1.0 / run.embedder.logit_scale().item(),
+            "lr": run.scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm),
-            "pairs_per_s": global_batch / seconds,
-            "tokens_per_s": total_tokens / seconds,
+            "pairs_per_s": run.data.global_batch / seconds,
+            "tokens_per_s": accelerator.reduce(tokens, "sum").item() / seconds,
         }
-        for key, total in prefix_loss_sums.items():
-            record[key] = accelerator.reduce(total / len(micro_batches), "mean").item()
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
-            metrics_file.write(record)
+            run.metrics_file.write(record)
             accelerator.log({f"train/{key}": value for key, value in record.items() if key != "step"}, step=step + 1)
-        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{record['accuracy']:.2f}", T=f"{record['temperature']:.3f}")
+        progress.set_postfix(
+            loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.2f}", T=f"{record['temperature']:.3f}"
+        )
         progress.update()
         if settings.eval_every and (step + 1) % settings.eval_every == 0 and step + 1 != settings.steps:
             validate(step + 1)
@@ -243,20 +284,22 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         if periodic or step + 1 == settings.steps:
             state = {
                 "step": step + 1,
-                "samples_seen": (step + 1) * global_batch,
+                "samples_seen": (step + 1) * run.data.global_batch,
                 "processes": world,
-                "global_batch": global_batch,
+                "global_batch": run.data.global_batch,
                 "metrics": record,
             }
-            checkpoint = save_checkpoint(
-                accelerator, model, embedder, output_dir, step + 1, state, run_config, settings.keep_checkpoints
-            )
+            run.checkpoint = save_checkpoint(
+                accelerator, run.model, run.embedder, run.output_dir, step + 1, state, run.run_config,
+                settings.keep_checkpoints, data_state=run.data.state(),
+            )  # fmt: skip
+        started = time.perf_counter()  # validation and checkpoints are not step time
     progress.close()
-    last_validation = validate(settings.steps) if start_step < settings.steps else {}
+    last_validation = validate(settings.steps) if run.start_step < settings.steps else {}
     if accelerator.is_main_process and first_validation and last_validation:
         logger.info(
             "held-out %d pairs: loss %.4f -> %.4f, in-batch accuracy %.3f -> %.3f",
-            len(val_pairs), first_validation["val_loss"], last_validation["val_loss"],
+            len(run.data.validation[0]), first_validation["val_loss"], last_validation["val_loss"],
             first_validation["val_accuracy"], last_validation["val_accuracy"],
         )  # fmt: skip
     accelerator.end_training()
@@ -265,27 +308,35 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return {
         "metrics": record,
         "validation": {"start": first_validation, "end": last_validation},
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "output_dir": str(output_dir),
+        "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+        "output_dir": str(run.output_dir),
     }
 
 
-def split_validation(pairs: Sequence[Pair], count: int, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Hold out ``count`` pairs (chosen with ``seed``) for validation; the rest is for training."""
-    if count <= 0:
-        return list(pairs), []
-    if count >= len(pairs):
-        raise ValueError(f"trainer.val_pairs={count} leaves no training pairs (the data has {len(pairs)})")
-    import numpy as np
+def _validate(run: Run, step: int) -> dict[str, float]:
+    xs, ys = run.data.validation
+    if not xs:
+        return {}
+    scores = validation_metrics(
+        run.embedder, xs, ys, run.sides, run.settings.max_length, run.settings.batch_size, run.prefix_dims
+    )
+    run.metrics_file.write({"step": step, **scores})
+    run.accelerator.log({f"val/{key.removeprefix('val_')}": value for key, value in scores.items()}, step=step)
+    return scores
 
-    held = set(np.random.default_rng([seed, 7919]).choice(len(pairs), size=count, replace=False).tolist())
-    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
+
+def split_validation(pairs: Sequence[Pair], count: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Hold out ``count`` pairs (chosen with ``seed``, as a run does) for validation; the rest is for training."""
+    held = HeldOut(len(pairs), count, seed).held.tolist()
+    chosen = set(held)
+    return [p for i, p in enumerate(pairs) if i not in chosen], [pairs[i] for i in held]
 
 
 @torch.no_grad()
 def validation_metrics(
     embedder: Any,
-    pairs: Sequence[Pair],
+    xs: Sequence[str],
+    ys: Sequence[str],
     sides: tuple[str, str],
     max_length: int,
     batch_size: int,
@@ -294,13 +345,14 @@ def validation_metrics(
     """Loss and top-1 accuracy over the held-out pairs as ONE batch (every other pair a negative),
     so values are comparable across steps; run identically on every process. For each of
     ``prefix_dims`` (Matryoshka sizes) also the accuracy of the re-normalised prefix."""
-    x = embedder.encode([p.x for p in pairs], sides[0], batch_size=batch_size, max_length=max_length)
-    y = embedder.encode([p.y for p in pairs], sides[1], batch_size=batch_size, max_length=max_length)
+    x = embedder.encode(list(xs), sides[0], batch_size=batch_size, max_length=max_length)
+    y = embedder.encode(list(ys), sides[1], batch_size=batch_size, max_length=max_length)
     scale = embedder.logit_scale().detach().float().cpu()
-    out = symmetric_info_nce(x, y, scale)
+    loss = InfoNCE()
+    out = loss(x, y, scale)
     scores = {"val_loss": out["contrastive_loss"].item(), "val_accuracy": out["accuracy"].item()}
     for dim in prefix_dims:
         if dim < x.shape[1]:
-            prefix = symmetric_info_nce(truncate_embeddings(x, dim), truncate_embeddings(y, dim), scale)
+            prefix = loss(truncate_embeddings(x, dim), truncate_embeddings(y, dim), scale)
             scores[f"val_accuracy@{dim}"] = prefix["accuracy"].item()
     return scores

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from train.distributed import all_gather_with_grad
+from models import check_matryoshka_dims
+from train.distributed import all_gather_with_grad, gather_keys
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,10 @@ class Matryoshka:
     def from_settings(
         cls, dims: Sequence[int] | None, weights: Sequence[float] | None, embedding_dim: int
     ) -> Matryoshka | None:
-        """Build from ``trainer.matryoshka_dims`` / ``trainer.matryoshka_weights`` (weights default to 1)."""
+        """Build from ``trainer.matryoshka_dims`` / ``trainer.matryoshka_weights`` (weights default to 1).
+
+        The sizes are checked by :func:`models.check_matryoshka_dims`, the one owner of that rule.
+        """
         if dims is None:
             if weights is not None:
                 raise ValueError("trainer.matryoshka_weights is set but trainer.matryoshka_dims is null")
@@ -41,12 +46,27 @@ class Matryoshka:
             raise ValueError(f"trainer.matryoshka_weights has {len(weights)} values for {len(dims)} dims")
         if any(w <= 0 for w in weights):
             raise ValueError(f"trainer.matryoshka_weights must be > 0, got {weights}")
-        bad = [d for d in dims if not 1 <= d <= embedding_dim]
-        if bad:
-            raise ValueError(f"trainer.matryoshka_dims {bad} outside 1..{embedding_dim} (the embedding size)")
+        check_matryoshka_dims(dims, embedding_dim)
         if embedding_dim not in dims:
             logger.warning("matryoshka_dims %s leave out the full size %d: it is not trained", dims, embedding_dim)
         return cls(tuple(int(d) for d in dims), tuple(float(w) for w in weights))
+
+
+class ContrastiveLoss(Protocol):
+    """What the step calls, plain or GradCache, whatever the loss: embeddings in, named terms out.
+
+    ``x_keys`` / ``y_keys`` (optional, (B,) int64) identify each row's texts; candidates whose x or
+    y text equals the row's own are false negatives and are left out of its softmax.
+    """
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        logit_scale: torch.Tensor,
+        x_keys: torch.Tensor | None = None,
+        y_keys: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]: ...
 
 
 def _two_way(
@@ -56,14 +76,118 @@ def _two_way(
     all_y: torch.Tensor,
     labels: torch.Tensor,
     scale: torch.Tensor,
+    false_negatives: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, accuracy) of the x->y and y->x cross-entropies, averaged."""
     logits_xy = scale * x @ all_y.T  # (B, N*B)
     logits_yx = scale * y @ all_x.T  # (B, N*B)
+    if false_negatives is not None:
+        logits_xy = logits_xy.masked_fill(false_negatives, float("-inf"))
+        logits_yx = logits_yx.masked_fill(false_negatives, float("-inf"))
     loss = (F.cross_entropy(logits_xy, labels) + F.cross_entropy(logits_yx, labels)) / 2
     with torch.no_grad():
         hits = (logits_xy.argmax(dim=1) == labels).float().mean() + (logits_yx.argmax(dim=1) == labels).float().mean()
     return loss, hits / 2
+
+
+def false_negative_mask(
+    x_keys: torch.Tensor | None, y_keys: torch.Tensor | None, labels: torch.Tensor, world_size: int
+) -> torch.Tensor | None:
+    """(B, N*B) True where a candidate pair shares its x or its y text with the row's own pair.
+
+    Such a candidate is another positive, not a negative (the same query with two documents, or
+    two queries of one document). ``None`` when no keys are given or no candidate repeats a text,
+    so a batch without duplicates gives exactly the unmasked loss.
+    """
+    if x_keys is None or y_keys is None:
+        return None
+    all_x_keys, all_y_keys = gather_keys(x_keys, world_size), gather_keys(y_keys, world_size)  # (N*B,)
+    same = (x_keys[:, None] == all_x_keys[None, :]) | (y_keys[:, None] == all_y_keys[None, :])  # (B, N*B)
+    same[torch.arange(len(labels), device=labels.device), labels] = False
+    return same if bool(same.any()) else None
+
+
+class InfoNCE:
+    """cpt's symmetric InfoNCE: cross-entropy x->y and y->x, averaged; every other pair a negative.
+
+    With several processes, both sides are gathered with gradients so each process scores its
+    local rows against the global batch; labels are offset by ``rank * local_batch``.
+
+    Args:
+        rank: this process's index.
+        world_size: number of processes sharing negatives.
+
+    Returns (of a call):
+        ``loss`` (differentiable), ``contrastive_loss`` (the same value) and ``accuracy``
+        (in-batch top-1 of both directions, detached).
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+        self.rank = rank
+        self.world_size = world_size
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        logit_scale: torch.Tensor,
+        x_keys: torch.Tensor | None = None,
+        y_keys: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        local = x.shape[0]
+        all_x = all_gather_with_grad(x, self.world_size)  # (N*B, D)
+        all_y = all_gather_with_grad(y, self.world_size)  # (N*B, D)
+        labels = torch.arange(local, device=x.device) + self.rank * local  # (B,)
+        mask = false_negative_mask(x_keys, y_keys, labels, self.world_size)
+        loss, accuracy = _two_way(x, y, all_x, all_y, labels, logit_scale, mask)
+        return {"loss": loss, "contrastive_loss": loss, "accuracy": accuracy}
+
+
+class MatryoshkaLoss:
+    """Wraps any contrastive loss: the weighted sum of the inner loss on re-normalised prefixes.
+
+    The inner loss sees ``normalize(x[:, :d])`` for each size ``d``, with the same call signature,
+    so it works around InfoNCE or any later loss. ``contrastive_loss`` and ``accuracy`` report the
+    full-size vectors; ``loss@<d>`` each prefix (detached).
+    """
+
+    def __init__(self, inner: ContrastiveLoss, matryoshka: Matryoshka) -> None:
+        self.inner = inner
+        self.matryoshka = matryoshka
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        logit_scale: torch.Tensor,
+        x_keys: torch.Tensor | None = None,
+        y_keys: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        full_size = x.shape[1]
+        if full_size in self.matryoshka.dims:
+            full = self.inner(x, y, logit_scale, x_keys, y_keys)
+        else:  # reported, not trained
+            with torch.no_grad():
+                full = self.inner(x, y, logit_scale, x_keys, y_keys)
+        out = {"contrastive_loss": full["loss"], "accuracy": full["accuracy"]}
+        objective = torch.zeros((), dtype=full["loss"].dtype, device=full["loss"].device)
+        for dim, weight in zip(self.matryoshka.dims, self.matryoshka.weights, strict=True):
+            if dim == full_size:
+                prefix_loss = full["loss"]
+            else:
+                prefix_loss = self.inner(
+                    F.normalize(x[:, :dim], dim=-1), F.normalize(y[:, :dim], dim=-1), logit_scale, x_keys, y_keys
+                )["loss"]
+            objective = objective + weight * prefix_loss
+            out[f"loss@{dim}"] = prefix_loss.detach()
+        out["loss"] = objective
+        return out
+
+
+def build_loss(rank: int, world_size: int, matryoshka: Matryoshka | None) -> ContrastiveLoss:
+    """The training objective: InfoNCE, wrapped in Matryoshka when sizes are set."""
+    loss = InfoNCE(rank, world_size)
+    return loss if matryoshka is None else MatryoshkaLoss(loss, matryoshka)
 
 
 def symmetric_info_nce(
@@ -74,12 +198,7 @@ def symmetric_info_nce(
     world_size: int = 1,
     matryoshka: Matryoshka | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Cross-entropy in both directions, x->y and y->x, averaged; every other pair is a negative.
-
-    With several processes, both sides are gathered with gradients so each process scores its
-    local rows against the global batch; labels are offset by ``rank * local_batch``. With
-    ``matryoshka``, the same loss is also taken on each re-normalised prefix ``[:, :d]`` of the
-    gathered vectors, and the objective is the weighted sum over the prefixes.
+    """:class:`InfoNCE` (wrapped in :class:`MatryoshkaLoss` when ``matryoshka`` is given) as a function.
 
     Args:
         x: (B, D) L2-normalised embeddings of the first items of the local pairs.
@@ -88,29 +207,5 @@ def symmetric_info_nce(
         rank: this process's index.
         world_size: number of processes sharing negatives.
         matryoshka: prefix sizes and weights, or ``None`` for the plain loss.
-
-    Returns:
-        ``loss`` (the objective, differentiable), ``contrastive_loss`` (the full-size loss; equal to
-        ``loss`` without Matryoshka), ``accuracy`` (full-size in-batch top-1, detached), and with
-        Matryoshka ``loss@<d>`` for each prefix size (detached).
     """
-    local = x.shape[0]
-    all_x = all_gather_with_grad(x, world_size)  # (N*B, D)
-    all_y = all_gather_with_grad(y, world_size)  # (N*B, D)
-    labels = torch.arange(local, device=x.device) + rank * local  # (B,)
-    full_loss, accuracy = _two_way(x, y, all_x, all_y, labels, logit_scale)
-    out = {"contrastive_loss": full_loss, "accuracy": accuracy}
-    if matryoshka is None:
-        out["loss"] = full_loss
-        return out
-    objective = torch.zeros((), dtype=full_loss.dtype, device=full_loss.device)
-    for dim, weight in zip(matryoshka.dims, matryoshka.weights, strict=True):
-        if dim == x.shape[1]:
-            prefix_loss = full_loss
-        else:
-            prefix = [F.normalize(t[:, :dim], dim=-1) for t in (x, y, all_x, all_y)]
-            prefix_loss, _ = _two_way(*prefix, labels, logit_scale)
-        objective = objective + weight * prefix_loss
-        out[f"loss@{dim}"] = prefix_loss.detach()
-    out["loss"] = objective
-    return out
+    return build_loss(rank, world_size, matryoshka)(x, y, logit_scale)

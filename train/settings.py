@@ -35,6 +35,8 @@ class TrainerSettings:
     temperature_lr: float | None = None
     matryoshka_dims: list[int] | None = None
     matryoshka_weights: list[float] | None = None
+    num_workers: int = 0
+    prefetch_factor: int = 2
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainerSettings:
@@ -57,5 +59,9 @@ class TrainerSettings:
             raise ValueError(f"trainer.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.gradcache_chunk is not None and self.gradcache_chunk < 1:
             raise ValueError(f"trainer.gradcache_chunk must be >= 1 or null, got {self.gradcache_chunk}")
+        if self.num_workers < 0:
+            raise ValueError(f"trainer.num_workers must be >= 0, got {self.num_workers}")
+        if self.prefetch_factor < 1:
+            raise ValueError(f"trainer.prefetch_factor must be >= 1, got {self.prefetch_factor}")
         if self.lr <= 0:
             raise ValueError(f"trainer.lr must be > 0, got {self.lr}")

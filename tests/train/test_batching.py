@@ -1,38 +1,99 @@
-"""Batch order is a pure function of (seed, step), and process slices tile the global batch."""
+"""Batch order is a pure function of (seed, step): permutations, held-out rows, process slices, mixtures."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from pairdata import Pair
-from train.batching import StepBatcher
-
-PAIRS = [Pair(f"x{i}", f"y{i}") for i in range(10)]
+from train.batching import EpochPermutations, FeistelPermutation, HeldOut, MixtureBatcher, StepBatcher, local_slices
 
 
-def test_same_seed_same_batches_and_epochs_cover_every_pair() -> None:
-    first = StepBatcher(PAIRS, 5, seed=3)
-    second = StepBatcher(PAIRS, 5, seed=3)
-    assert [first.global_batch(s) for s in range(4)] == [second.global_batch(s) for s in range(4)]
-    assert sorted(p.x for p in first.global_batch(0) + first.global_batch(1)) == sorted(p.x for p in PAIRS)
-    assert first.global_batch(0) != StepBatcher(PAIRS, 5, seed=4).global_batch(0)
+def rows(batcher, step: int) -> list[int]:
+    return batcher.global_batch(step).rows.tolist()
+
+
+def test_same_seed_same_batches_and_epochs_cover_every_row() -> None:
+    first, second = StepBatcher(10, 5, seed=3), StepBatcher(10, 5, seed=3)
+    assert [rows(first, s) for s in range(4)] == [rows(second, s) for s in range(4)]
+    assert sorted(rows(first, 0) + rows(first, 1)) == list(range(10))
+    assert rows(first, 0) != rows(StepBatcher(10, 5, seed=4), 0)
+
+
+def test_order_is_the_seeded_permutation_of_each_epoch() -> None:
+    """The order every earlier run used: epoch e is default_rng([seed, e]).permutation(size)."""
+    batcher = StepBatcher(10, 4, seed=7)
+    expected = np.concatenate([np.random.default_rng([7, epoch]).permutation(10) for epoch in range(2)])
+    assert [r for step in range(5) for r in rows(batcher, step)] == expected.tolist()
 
 
 def test_batches_cross_epoch_boundaries() -> None:
-    batcher = StepBatcher(PAIRS, 4, seed=0)
-    seen = [p for step in range(5) for p in batcher.global_batch(step)]
-    assert sorted(p.x for p in seen[:10]) == sorted(p.x for p in PAIRS)
-    assert sorted(p.x for p in seen[10:20]) == sorted(p.x for p in PAIRS)
+    batcher = StepBatcher(10, 4, seed=0)
+    seen = [r for step in range(5) for r in rows(batcher, step)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1000, 4097])
+def test_feistel_permutation_is_a_bijection(size: int) -> None:
+    permutation = FeistelPermutation(size, [0, 1])
+    values = permutation(np.arange(size))
+    assert sorted(values.tolist()) == list(range(size))
+    if size > 100:
+        assert not np.array_equal(values, np.arange(size))  # it shuffles
+        assert not np.array_equal(values, FeistelPermutation(size, [0, 2])(np.arange(size)))
+
+
+def test_large_sets_use_the_constant_memory_permutation_and_still_cover_each_epoch() -> None:
+    epochs = EpochPermutations(5000, [3], array_max_rows=100)
+    first = epochs.rows(0, 5000)
+    assert isinstance(epochs._epoch(0), FeistelPermutation)
+    assert sorted(first.tolist()) == list(range(5000))
+    assert not np.array_equal(first, epochs.rows(5000, 5000))  # the next epoch is another order
+    assert np.array_equal(epochs.rows(4990, 20)[:10], first[4990:])
+
+
+def test_held_out_rows_are_skipped_in_row_order() -> None:
+    held = HeldOut(50, 7, seed=0)
+    kept = [i for i in range(50) if i not in set(held.held.tolist())]
+    assert held.train_size == 43
+    assert held.train_rows(np.arange(43)).tolist() == kept
+    chosen = np.random.default_rng([0, 7919]).choice(50, size=7, replace=False)  # the rows earlier runs held out
+    assert sorted(chosen.tolist()) == held.held.tolist()
+    with pytest.raises(ValueError, match="leaves no training pairs"):
+        HeldOut(5, 5, seed=0)
 
 
 def test_process_and_accumulation_slices_tile_the_global_batch() -> None:
-    batcher = StepBatcher(PAIRS, 8, seed=0)
-    parts = [batcher.local_micro_batches(2, rank, 2, 2) for rank in range(2)]
-    # micro-batch m of rank r is part m * world + r
-    ordered = [parts[r][m] for m in range(2) for r in range(2)]
-    assert [p for part in ordered for p in part] == batcher.global_batch(2)
+    parts = [local_slices(8, rank, 2, 2) for rank in range(2)]
+    ordered = [parts[r][m] for m in range(2) for r in range(2)]  # micro-batch m of rank r is part m * world + r
+    assert [i for part in ordered for i in range(8)[part]] == list(range(8))
+    with pytest.raises(ValueError, match="does not split"):
+        local_slices(6, 0, 2, 2)
 
 
 def test_batch_larger_than_data_is_rejected() -> None:
     with pytest.raises(ValueError, match="larger than the data"):
-        StepBatcher(PAIRS, 11, seed=0)
+        StepBatcher(10, 11, seed=0)
+
+
+def test_mixture_is_deterministic_follows_its_weights_and_walks_each_source_in_order() -> None:
+    mixture = MixtureBatcher([30, 300], [0.25, 0.75], 8, seed=1, same_source_batches=False)
+    again = MixtureBatcher([30, 300], [0.25, 0.75], 8, seed=1, same_source_batches=False)
+    batches = [mixture.global_batch(step) for step in range(200)]
+    late = again.global_batch(150)  # a fresh batcher jumps straight to step 150 (resume)
+    assert np.array_equal(late.sources, batches[150].sources) and np.array_equal(late.rows, batches[150].rows)
+    sources = np.concatenate([b.sources for b in batches])
+    assert abs((sources == 0).mean() - 0.25) < 0.03
+    first = np.concatenate([b.rows[b.sources == 0] for b in batches])
+    assert sorted(first[:30].tolist()) == list(range(30))  # source 0's first epoch, each row once
+
+
+def test_same_source_batches_draw_each_batch_from_one_source() -> None:
+    mixture = MixtureBatcher([40, 40, 80], [0.25, 0.25, 0.5], 8, seed=0, same_source_batches=True)
+    picked = []
+    for step in range(400):
+        batch = mixture.global_batch(step)
+        assert len(set(batch.sources.tolist())) == 1
+        picked.append(int(batch.sources[0]))
+    assert abs(np.mean(np.asarray(picked) == 2) - 0.5) < 0.08
+    with pytest.raises(ValueError, match="every source must hold a global batch"):
+        MixtureBatcher([4, 40], [0.5, 0.5], 8, seed=0, same_source_batches=True)

@@ -143,17 +143,17 @@ def test_nonfinite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) ->
     import train.loop as loop
     from models import DecoderEmbedder
 
-    real = loop.symmetric_info_nce
+    real = loop.build_loss(0, 1, None)
     calls = {"n": 0}
 
-    def nan_on_third_step(x, y, scale, rank=0, world_size=1, matryoshka=None):
+    def nan_on_third_step(x, y, scale, x_keys=None, y_keys=None):
         calls["n"] += 1
-        out = real(x, y, scale, rank, world_size, matryoshka)
+        out = real(x, y, scale, x_keys, y_keys)
         if calls["n"] == 3:
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(loop, "symmetric_info_nce", nan_on_third_step)
+    monkeypatch.setattr(loop, "build_loss", lambda rank, world_size, matryoshka: nan_on_third_step)
     cfg = compose_train_config(
         tiny_overrides(tmp_path, pairs=4, steps=5, extra=("trainer.checkpoint_every=1", "trainer.keep_checkpoints=0")),
         tmp_path,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pairdata import DataFormatError
+from pairdata import DataFormatError, Pair
 from tests.conftest import CONFIG_DIR, compose_train_config, require_shared_data
 from train.loop import NonFiniteLossError, train
 
@@ -133,11 +133,11 @@ def test_accumulation_and_top_layers_run(tmp_path) -> None:
 def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, monkeypatch) -> None:
     import train.loop as loop
 
-    def nan_loss(x, y, scale, rank=0, world_size=1, matryoshka=None):
+    def nan_loss(x, y, scale, x_keys=None, y_keys=None):
         loss = (x * float("nan")).sum()
         return {"loss": loss, "contrastive_loss": loss, "accuracy": torch.zeros(())}
 
-    monkeypatch.setattr(loop, "symmetric_info_nce", nan_loss)
+    monkeypatch.setattr(loop, "build_loss", lambda rank, world_size, matryoshka: nan_loss)
     cfg = compose_train_config(tiny_overrides(tmp_path, pairs=4, steps=2), tmp_path)
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 1"):
         train(cfg, tmp_path / "run")
@@ -223,7 +223,9 @@ def test_matryoshka_training_makes_the_trained_prefix_better_than_plain_training
         (tmp_path / name).mkdir()
         cfg = compose_train_config(tiny_overrides(tmp_path / name, pairs=256, steps=40, extra=extra), tmp_path / name)
         result = train(cfg, tmp_path / name / "run")
-        _, held_out = split_validation(instantiate(cfg.data), 64, cfg.seed)
+        data = instantiate(cfg.data)
+        _, held_out = split_validation([Pair(row["x"], row["y"]) for row in data], 64, cfg.seed)
         model = DecoderEmbedder.from_pretrained(result["checkpoint"])
-        accuracy[name] = validation_metrics(model, held_out, ("text", "text"), 48, 32, (4,))["val_accuracy@4"]
+        xs, ys = [p.x for p in held_out], [p.y for p in held_out]
+        accuracy[name] = validation_metrics(model, xs, ys, ("text", "text"), 48, 32, (4,))["val_accuracy@4"]
     assert accuracy["matryoshka"] > accuracy["plain"] + 0.05, accuracy

@@ -1,0 +1,499 @@
+"""Training sets as Hugging Face ``datasets``: loading, the column map, checks, and mixtures.
+
+Every training set reaches the trainer as a ``datasets.Dataset`` (Arrow, memory-mapped from disk)
+or, with ``streaming=True``, a ``datasets.IterableDataset``, with the columns
+
+* ``x`` and ``y``: the two texts of a positive pair (non-empty strings);
+* ``source`` (optional): which dataset a row came from;
+* ``negatives`` (optional): a list of strings, hard negatives for ``y``'s side.
+
+These are the targets of ``configs/data/*.yaml``: :func:`load_hf` (``data=hf``: a hub name or a
+local folder), :func:`load_files` (``data=files``: JSONL / JSONL.gz / Parquet / CSV / Arrow files
+or globs), :func:`built` (a ``python -m pairdata build`` dataset by name), :func:`from_pairs`
+(any list of :class:`~pairdata.pairs.Pair`, e.g. SentEval's paraphrase pairs) and
+:class:`Mixture` (``data=mixture``: several of these with weights).
+
+Rows are checked once, when a set is loaded, by a scan that reads the Arrow files in record
+batches (never the whole table at once); a bad row fails with the dataset, the row and the column.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pairdata.errors import DataFormatError
+from pairdata.pairs import Pair
+
+if TYPE_CHECKING:
+    import datasets
+
+logger = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("x", "y")
+OPTIONAL_COLUMNS = ("source", "negatives")
+COLUMNS = (*TEXT_COLUMNS, *OPTIONAL_COLUMNS)
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+SCAN_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Several training sets drawn with weights (``data=mixture``).
+
+    Args:
+        datasets: name -> dataset (each already loaded by one of this module's loaders).
+        weights: name -> sampling weight; ``None`` weighs each set by its row count, which draws
+            rows as a concatenation of the sets would. Streaming sets need explicit weights.
+        same_source_batches: draw every global batch from one set (GritLM, FlagEmbedding), so
+            in-batch negatives stay in one domain or language.
+    """
+
+    datasets: Mapping[str, Any]
+    weights: Mapping[str, float] | None = None
+    same_source_batches: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ValueError("data.datasets must name at least one dataset")
+        if self.weights is not None:
+            missing = sorted(set(self.datasets) - set(self.weights))
+            extra = sorted(set(self.weights) - set(self.datasets))
+            if missing or extra:
+                raise ValueError(f"data.weights must give one weight per dataset: missing {missing}, unknown {extra}")
+            bad = {name: w for name, w in self.weights.items() if not float(w) > 0}
+            if bad:
+                raise ValueError(f"data.weights must be > 0, got {bad}")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.datasets)
+
+    def resolved_weights(self) -> list[float]:
+        """One weight per dataset, in :attr:`names` order, summing to 1."""
+        if self.weights is None:
+            streaming = [name for name, ds in self.datasets.items() if is_streaming(ds)]
+            if streaming:
+                raise ValueError(f"streaming datasets {streaming} have no length to weigh them by: give data.weights")
+            raw = [float(len(self.datasets[name])) for name in self.names]
+        else:
+            raw = [float(self.weights[name]) for name in self.names]
+        total = sum(raw)
+        return [w / total for w in raw]
+
+
+def is_streaming(dataset: Any) -> bool:
+    import datasets
+
+    return isinstance(dataset, datasets.IterableDataset)
+
+
+# ---- loaders (the targets of configs/data/*.yaml) ------------------------------------------------
+
+
+def load_hf(
+    name: str,
+    split: str = "train",
+    subset: str | None = None,
+    columns: Mapping[str, str | None] | None = None,
+    streaming: bool = False,
+    revision: str | None = None,
+    limit: int | None = None,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """A hub dataset by name, or a local folder (``save_to_disk`` output, or a hub snapshot of files).
+
+    Args:
+        name: ``owner/name`` on the hub, or a local folder.
+        split: the split to read.
+        subset: the hub set's configuration (``name`` argument of ``load_dataset``).
+        columns: our column -> the set's column, e.g. ``{x: anchor, y: positive}``.
+        streaming: read the split as a stream instead of downloading it whole.
+        revision: a hub revision (branch, tag or commit).
+        limit: keep only the first ``limit`` rows.
+        shuffle_buffer: with ``streaming``, shuffle shards and rows through a buffer of this many rows
+            (seeded with ``seed``); 0 keeps the stream's order. Memory-mapped sets are shuffled by
+            the trainer's batch order instead.
+
+    Raises:
+        FileNotFoundError: a hub name while the hub cannot be reached, naming what to download and
+            where to put it.
+    """
+    import datasets
+
+    label = name if subset is None else f"{name} ({subset})"
+    local = Path(name).expanduser()
+    if local.exists():
+        if (
+            (local / "dataset_info.json").is_file()
+            or (local / "state.json").is_file()
+            or (local / "dataset_dict.json").is_file()
+        ):
+            loaded = datasets.load_from_disk(str(local))
+            if isinstance(loaded, datasets.DatasetDict):
+                loaded = _pick_split(loaded, split, label)
+            if streaming:
+                loaded = loaded.to_iterable_dataset()
+        else:
+            loaded = datasets.load_dataset(str(local), subset, split=split, streaming=streaming)
+    else:
+        if "/" not in name:
+            raise FileNotFoundError(f"data.name={name!r}: no such folder, and not a hub name (owner/name)")
+        advice = (
+            f"Offline, download it where a network exists, e.g. `huggingface-cli download --repo-type dataset "
+            f"{name} --local-dir DIR` (or `datasets.load_dataset({name!r}).save_to_disk(DIR)`), copy DIR here "
+            "and pass data.name=DIR"
+        )
+        if not _hub_offline() and not _hub_reachable():  # fail now, not after datasets' minute of retries
+            raise FileNotFoundError(
+                f"data.name={name!r}: the hub cannot be reached from here. {advice}; "
+                "or set HF_HUB_OFFLINE=1 to read a copy already in the datasets cache"
+            )
+        try:
+            loaded = datasets.load_dataset(name, subset, split=split, streaming=streaming, revision=revision)
+        except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
+            raise FileNotFoundError(
+                f"data.name={name!r}: the hub dataset could not be loaded and is not in the local cache "
+                f"({type(error).__name__}: {str(error)[:200]}). {advice}"
+            ) from None
+    return prepare(_shuffled(loaded, shuffle_buffer, seed), label, columns, limit)
+
+
+def load_files(
+    path: str | Sequence[str],
+    columns: Mapping[str, str | None] | None = None,
+    format: str | None = None,  # noqa: A002  (the config key users write)
+    streaming: bool = False,
+    limit: int | None = None,
+    cache_dir: str | None = None,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Pairs from JSONL / JSONL.gz / Parquet / CSV / Arrow files, folders or globs.
+
+    Files are converted once into Arrow files in the ``datasets`` cache (or ``cache_dir``) and
+    memory-mapped from there; a folder stands for every file of a known format inside it.
+
+    Args:
+        path: one path, folder or glob, or a list of them.
+        columns: our column -> the file's column, e.g. ``{x: query, y: positive}``.
+        format: ``json``, ``parquet``, ``csv`` or ``arrow``; default from the file extensions.
+        streaming: read the files as a stream (no conversion).
+        limit: keep only the first ``limit`` rows.
+        cache_dir: where the Arrow copy is written (default: the ``datasets`` cache).
+        shuffle_buffer: as in :func:`load_hf`.
+        seed: as in :func:`load_hf`.
+
+    Raises:
+        DataFormatError: a file cannot be read, naming the file (and line, for JSON Lines).
+    """
+    import datasets
+
+    files = expand_files(path)
+    kind = format or _format_of(files)
+    label = files[0] if len(files) == 1 else f"{len(files)} {kind} files ({files[0]}, ...)"
+    try:
+        loaded = datasets.load_dataset(kind, data_files=files, split="train", streaming=streaming, cache_dir=cache_dir)
+    except Exception as error:  # the builders raise many types; name the file (and line) at fault
+        if kind == "json":
+            locate_jsonl_error(files)
+        raise DataFormatError(label, f"could not be read as {kind} ({type(error).__name__}: {_cause(error)})") from None
+    return prepare(_shuffled(loaded, shuffle_buffer, seed), label, columns, limit)
+
+
+def locate_jsonl_error(files: Sequence[str]) -> None:
+    """Re-read JSON Lines files with :func:`pairdata.pairs.iter_jsonl`, which names the file and line at fault."""
+    from pairdata.pairs import iter_jsonl
+
+    for filename in files:
+        for _ in iter_jsonl(filename):
+            pass
+
+
+def _shuffled(dataset: Any, shuffle_buffer: int, seed: int) -> Any:
+    if shuffle_buffer < 0:
+        raise ValueError(f"data.shuffle_buffer must be >= 0, got {shuffle_buffer}")
+    if shuffle_buffer and is_streaming(dataset):
+        return dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    return dataset
+
+
+def built(name: str, split: str = "train", data_dir: str | None = None, limit: int | None = None) -> datasets.Dataset:
+    """A dataset built by ``python -m pairdata build`` (``code-python``, ``text-search``, ...) by name.
+
+    Code sets give ``x`` = the docstring's first paragraph and ``y`` = the code without its docstring.
+    The split's ``jsonl.gz`` is converted once into Arrow files beside it (``arrow/SPLIT/``), memory-mapped.
+    """
+    import datasets
+
+    from pairdata.loading import split_path
+
+    source = split_path(name, split, data_dir)
+    arrow_dir = source.parent / "arrow" / split
+    if not (arrow_dir / "state.json").is_file():
+        from pairdata.loading import read_pairs
+
+        staging = arrow_dir.with_name(f".{split}.tmp-{os.getpid()}")
+        pairs = read_pairs(source)  # the builder's own reader (code records -> docstring summary, code)
+        table = datasets.Dataset.from_dict({"x": [p.x for p in pairs], "y": [p.y for p in pairs]})
+        table.save_to_disk(str(staging))
+        arrow_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(staging, arrow_dir)
+        except OSError:  # another process converted it first
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    loaded = datasets.load_from_disk(str(arrow_dir))
+    return prepare(loaded, f"{name}/{split}", None, limit, check=False)  # read_pairs checked every row
+
+
+def from_pairs(pairs: Sequence[Pair], name: str = "pairs") -> datasets.Dataset:
+    """A list of :class:`Pair` (e.g. ``senteval_paraphrase_pairs``) as an in-memory Arrow dataset."""
+    import datasets
+
+    table = datasets.Dataset.from_dict({"x": [p.x for p in pairs], "y": [p.y for p in pairs]})
+    return prepare(table, name, None, None)
+
+
+def mixture(
+    datasets: Mapping[str, Any], weights: Mapping[str, float] | None = None, same_source_batches: bool = False
+) -> Mixture:
+    """``data=mixture``: see :class:`Mixture` (Hydra instantiates each dataset first)."""
+    return Mixture(dict(datasets), None if weights is None else dict(weights), same_source_batches)
+
+
+# ---- the column map and the checks ---------------------------------------------------------------
+
+
+def prepare(
+    dataset: Any,
+    label: str,
+    columns: Mapping[str, str | None] | None,
+    limit: int | None,
+    check: bool = True,
+) -> Any:
+    """Map the set's columns to ours, keep only ours, cut to ``limit`` and check every row.
+
+    Raises:
+        DataFormatError: a column the map names is missing, a required column is absent, or a row's
+            text is empty or not a string (naming the dataset, the row and the column).
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"data.limit must be a positive integer or null, got {limit}")
+    mapping = resolve_columns(columns)
+    available = dataset.column_names  # None for some streamed sets (unknown until read)
+    if available is not None:
+        for ours, theirs in mapping.items():
+            if theirs not in available and (ours in TEXT_COLUMNS or columns_named(columns, ours)):
+                raise DataFormatError(
+                    label,
+                    f"has no column {theirs!r} (for {ours!r}); its columns are {list(available)}. "
+                    f"Map them with data.columns.{ours}=NAME",
+                )
+        mapping = {ours: theirs for ours, theirs in mapping.items() if theirs in available}
+    if limit is not None:
+        dataset = dataset.take(limit) if is_streaming(dataset) else dataset.select(range(min(limit, len(dataset))))
+    if not is_streaming(dataset):
+        if len(dataset) == 0:
+            raise DataFormatError(label, "holds no rows")
+        if check:
+            check_rows(dataset, label, mapping)
+    if available is not None and list(available) != list(mapping.values()):
+        dataset = dataset.select_columns(list(mapping.values()))
+    renames = {theirs: ours for ours, theirs in mapping.items() if theirs != ours}
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    return dataset
+
+
+def resolve_columns(columns: Mapping[str, str | None] | None) -> dict[str, str]:
+    """Our column -> the set's column, defaulting to the same names; ``None`` drops an optional one."""
+    given = dict(columns or {})
+    unknown = sorted(set(given) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"data.columns has unknown key(s) {unknown}; valid keys are {list(COLUMNS)}")
+    out = {}
+    for ours in COLUMNS:
+        theirs = given.get(ours, ours)
+        if theirs is None:
+            if ours in TEXT_COLUMNS:
+                raise ValueError(f"data.columns.{ours} cannot be null: every row needs its {ours!r} text")
+            continue
+        out[ours] = str(theirs)
+    return out
+
+
+def columns_named(columns: Mapping[str, str | None] | None, ours: str) -> bool:
+    """Whether the user's column map names ``ours`` explicitly (then the column must exist)."""
+    return bool(columns) and columns.get(ours) is not None
+
+
+def check_rows(dataset: datasets.Dataset, label: str, mapping: Mapping[str, str] | None = None) -> None:
+    """Every ``x``/``y`` a non-empty string, every ``negatives`` a list of non-empty strings.
+
+    ``mapping`` (our column -> the set's column) names the columns to read. The Arrow data is read
+    in record batches, so memory stays flat however large the set.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    mapping = {ours: theirs for ours, theirs in (mapping or {n: n for n in COLUMNS}).items() if ours != "source"}
+    mapping = {ours: theirs for ours, theirs in mapping.items() if theirs in dataset.column_names}
+    for ours in TEXT_COLUMNS:
+        feature = dataset.features[mapping[ours]]
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            raise DataFormatError(
+                label, f"column {mapping[ours]!r} (for {ours!r}) must hold strings, it holds {feature}"
+            )
+    start = 0
+    for batch in _record_batches(dataset, list(mapping.values())):
+        for ours in TEXT_COLUMNS:
+            column = batch.column(mapping[ours])
+            first = _first_blank(column)
+            if first >= 0:
+                raise DataFormatError(
+                    label,
+                    f"row {start + first}: column {mapping[ours]!r} must be a non-empty string, "
+                    f"got {column[first].as_py()!r:.80}",
+                )
+        if "negatives" in mapping:
+            column = batch.column(mapping["negatives"])
+            flat = (
+                pc.list_flatten(column)
+                if pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+                else None
+            )
+            if flat is None or not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
+                raise DataFormatError(
+                    label, f"column {mapping['negatives']!r} must hold lists of strings, it holds {column.type}"
+                )
+            hit = _first_blank(flat) if len(flat) else -1
+            if hit >= 0:
+                row = pc.list_parent_indices(column)[hit].as_py()
+                raise DataFormatError(
+                    label, f"row {start + row}: column {mapping['negatives']!r} holds an empty negative"
+                )
+        start += batch.num_rows
+
+
+def _first_blank(column: Any) -> int:
+    """Index of the first null or whitespace-only string of an Arrow array, or -1."""
+    import pyarrow.compute as pc
+
+    blank = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
+    return pc.index(pc.fill_null(blank, True), True).as_py()
+
+
+def check_row(row: Mapping[str, Any], label: str, index: int) -> None:
+    """The same checks for one row (streamed sets, which cannot be scanned up front)."""
+    for name in TEXT_COLUMNS:
+        value = row.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise DataFormatError(label, f"row {index}: column {name!r} must be a non-empty string, got {value!r:.80}")
+    negatives = row.get("negatives")
+    if negatives is not None and (
+        not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives)
+    ):
+        raise DataFormatError(label, f"row {index}: column 'negatives' must be a list of non-empty strings")
+
+
+def _record_batches(dataset: datasets.Dataset, names: Sequence[str]):
+    """The dataset's ``names`` columns as pyarrow record batches.
+
+    A set backed by Arrow files (and not re-indexed) is read from the files through buffered
+    reads rather than the memory map, so a scan of a 50M-row set does not leave its pages resident.
+    """
+    import pyarrow as pa
+
+    files = [entry["filename"] for entry in dataset.cache_files]
+    if dataset._indices is None and files and sum(_arrow_rows(f) for f in files) == len(dataset):
+        for filename in files:
+            with pa.OSFile(filename, "rb") as handle:
+                for batch in pa.ipc.open_stream(handle):
+                    yield batch.select(list(names))
+        return
+    for table in dataset.select_columns(list(names)).with_format("arrow").iter(batch_size=SCAN_BATCH_ROWS):
+        yield from table.to_batches()
+
+
+def _arrow_rows(filename: str) -> int:
+    import pyarrow as pa
+
+    with pa.memory_map(filename, "r") as handle:  # reads only the batch headers
+        return sum(batch.num_rows for batch in pa.ipc.open_stream(handle))
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host accepts a connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def expand_files(path: str | Sequence[str]) -> list[str]:
+    """Files named by a path, folder or glob (or a list of them), sorted within each entry."""
+    entries = [path] if isinstance(path, str) else list(path)
+    if not entries:
+        raise FileNotFoundError("data.path names no files")
+    files: list[str] = []
+    for entry in entries:
+        expanded = str(Path(entry).expanduser())
+        if Path(expanded).is_dir():
+            found = sorted(str(p) for p in Path(expanded).rglob("*") if p.is_file() and _suffix(p.name) in FILE_FORMATS)
+        else:
+            found = sorted(glob.glob(expanded, recursive=True))
+        if not found:
+            raise FileNotFoundError(f"data.path={entry!r} matches no files (formats: {sorted(FILE_FORMATS)}, .gz too)")
+        files.extend(found)
+    return files
+
+
+def _format_of(files: Sequence[str]) -> str:
+    kinds = {FILE_FORMATS.get(_suffix(f)) for f in files}
+    if None in kinds:
+        unknown = next(f for f in files if _suffix(f) not in FILE_FORMATS)
+        raise DataFormatError(
+            unknown, f"unknown file type; known: {sorted(FILE_FORMATS)} (optionally .gz), or set data.format"
+        )
+    if len(kinds) > 1:
+        raise DataFormatError(files[0], f"data.path mixes formats {sorted(kinds)}; give one format per dataset")
+    return kinds.pop()
+
+
+def _suffix(name: str) -> str:
+    name = name.lower().removesuffix(".gz")
+    return Path(name).suffix
+
+
+def _pick_split(loaded: Any, split: str, label: str) -> Any:
+    if split not in loaded:
+        raise FileNotFoundError(f"{label} has no split {split!r}; it has {sorted(loaded)}")
+    return loaded[split]
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost message of an exception chain, cut to one line."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return str(error).splitlines()[0][:300] if str(error) else type(error).__name__
