@@ -188,7 +188,7 @@ def smollm_bench(texts: list[str], args: argparse.Namespace, workdir: Path) -> B
 
     from eval.sources import CheckpointSource
     from models import DecoderEmbedder
-    from models.pretokenized import delimiter_ids
+    from models.tokenization import body_ids, delimit_ids, delimiter_ids
     from serve.export import export
 
     bench = Bench("SmolLM2-135M (untrained embedder)")
@@ -221,8 +221,8 @@ def smollm_bench(texts: list[str], args: argparse.Namespace, workdir: Path) -> B
         bench.variants[f"ours {precision}"] = (lambda batch, s=source: s.encode(batch, "text"), precision)
     embedder = next(iter(ours.values())).model
     open_id, close_id = delimiter_ids(embedder.tokenizer, embedder.sides["text"])
-    bodies = embedder.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=args.smollm_max_length - 2)
-    bench.lengths = [len(ids) + 2 for ids in bodies["input_ids"]]
+    bodies = body_ids(embedder.tokenizer, texts, args.smollm_max_length)
+    bench.lengths = [len(delimit_ids(body, open_id, close_id, args.smollm_max_length)) for body in bodies]
     bench.parameters = non_embedding_parameters(embedder.backbone)
     config = embedder.backbone.config
     bench.layers, bench.hidden = config.num_hidden_layers, config.hidden_size

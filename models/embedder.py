@@ -20,9 +20,16 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from models.backbone import load_backbone
 from models.pooling import pool_last_token, position_ids_from_mask
-from models.pretokenized import delimit_ids, delimiter_ids, pad_id_of, pad_rows
 from models.sides import Side, parse_sides
-from models.tokenization import PADDING_SIDES, encode_delimited
+from models.tokenization import (
+    PADDING_SIDES,
+    body_ids,
+    delimit_ids,
+    delimiter_ids,
+    encode_delimited,
+    pad_id_of,
+    pad_rows,
+)
 
 CONFIG_NAME = "embedder_config.json"
 HEADS_NAME = "heads.safetensors"
@@ -230,8 +237,8 @@ class DecoderEmbedder(nn.Module):
         was_training = self.training
         self.eval()
         open_id, close_id = delimiter_ids(self.tokenizer, self.sides[side])
-        bodies = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 2)
-        rows = [delimit_ids(body, open_id, close_id, max_length) for body in bodies["input_ids"]]
+        bodies = body_ids(self.tokenizer, texts, max_length)
+        rows = [delimit_ids(body, open_id, close_id, max_length) for body in bodies]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         batches = length_batches(order, [len(row) for row in rows], batch_size, max_batch_tokens)
         if show_progress:

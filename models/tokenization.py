@@ -1,4 +1,10 @@
-"""Wrapping texts in a side's delimiters, truncating so the closing delimiter always survives.
+"""The one path from inputs to model rows: ``open + body[: max_length - 2] + close``, then padding.
+
+Owns a side's delimiter ids, the pad id, the body token ids of texts, delimiting a body (cut to
+``max_length - 2`` tokens so the closing delimiter, whose hidden state is the embedding, always
+survives) and padding rows into tensors. Training (:meth:`DecoderEmbedder.tokenize`), inference
+(:meth:`DecoderEmbedder.encode`) and the server (strings and token arrays alike) build their rows
+from these functions only, so one text gives the same ids whichever way it comes in.
 
 Also builds the small byte-level tokenizer used with randomly initialised test backbones, so unit
 tests never need downloaded files.
@@ -16,49 +22,15 @@ from models.sides import Side
 PADDING_SIDES = ("left", "right")
 
 
-def encode_delimited(
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
-    side: Side | Sequence[Side],
-    max_length: int,
-    padding_side: str = "right",
-) -> dict[str, torch.Tensor]:
-    """Tokenize ``open + text + close`` for each text and pad to the longest row.
-
-    The text is cut to ``max_length - 2`` tokens before the delimiters are added, so truncation
-    never removes the closing delimiter whose hidden state becomes the embedding.
-
-    Args:
-        side: one side for every text, or one side per text (both towers' inputs in one batch).
-
-    Returns:
-        ``input_ids`` and ``attention_mask``, both (B, T) long tensors.
-    """
+def body_limit(max_length: int) -> int:
+    """Body tokens a row of ``max_length`` tokens holds: ``max_length - 2`` (the delimiters take two)."""
     if max_length < 3:
         raise ValueError(f"max_length must be >= 3 (two delimiters and one token), got {max_length}")
-    if padding_side not in PADDING_SIDES:
-        raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
-    sides = [side] * len(texts) if isinstance(side, Side) else list(side)
-    if len(sides) != len(texts):
-        raise ValueError(f"got {len(sides)} sides for {len(texts)} texts")
-    delimiters = {s.name: _delimiter_ids(tokenizer, s) for s in sides}
-    body = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 2)["input_ids"]
-    rows = []
-    for ids, row_side in zip(body, sides, strict=True):
-        open_id, close_id = delimiters[row_side.name]
-        rows.append([open_id, *ids, close_id])
-    width = max(len(row) for row in rows)
-    pad_id = _pad_id(tokenizer)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
-        input_ids[i, span] = torch.tensor(row)
-        attention_mask[i, span] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    return max_length - 2
 
 
-def _delimiter_ids(tokenizer: PreTrainedTokenizerBase, side: Side) -> tuple[int, int]:
+def delimiter_ids(tokenizer: PreTrainedTokenizerBase, side: Side) -> tuple[int, int]:
+    """The ``(open_id, close_id)`` pair of a side; ``ValueError`` when the tokenizer lacks them."""
     vocab = tokenizer.get_vocab()
     missing = [token for token in (side.open_token, side.close_token) if token not in vocab]
     if missing:
@@ -68,11 +40,85 @@ def _delimiter_ids(tokenizer: PreTrainedTokenizerBase, side: Side) -> tuple[int,
     return vocab[side.open_token], vocab[side.close_token]
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The padding id: the tokenizer's pad token, else its eos token, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
     return 0
+
+
+def body_ids(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None = None
+) -> list[list[int]]:
+    """Token ids of each text, without special tokens.
+
+    Args:
+        max_length: the row length the bodies are for: each body keeps its first
+            ``max_length - 2`` tokens, the cut :func:`delimit_ids` makes. ``None``: untruncated
+            (the server checks request limits against the real length).
+    """
+    if max_length is None:
+        return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    limit = body_limit(max_length)
+    if tokenizer.truncation_side == "right":  # the tokenizer's own cut keeps the front, as delimit_ids does
+        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=limit)
+    else:
+        encoded = tokenizer(list(texts), add_special_tokens=False)
+    return [list(ids[:limit]) for ids in encoded["input_ids"]]
+
+
+def delimit_ids(body: Sequence[int], open_id: int, close_id: int, max_length: int) -> list[int]:
+    """``[open_id, *body[: max_length - 2], close_id]``: a row of at most ``max_length`` ids."""
+    return [open_id, *body[: body_limit(max_length)], close_id]
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad delimited rows to the longest one, on the right or on the left.
+
+    Returns:
+        ``input_ids`` and ``attention_mask``, both (B, T) long tensors.
+    """
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
+    if not rows:
+        raise ValueError("pad_rows needs at least one row")
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
+        input_ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        attention_mask[i, span] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def encode_delimited(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    side: Side | Sequence[Side],
+    max_length: int,
+    padding_side: str = "right",
+) -> dict[str, torch.Tensor]:
+    """Tokenize ``open + text + close`` for each text and pad to the longest row.
+
+    :func:`body_ids`, then :func:`delimit_ids` per row, then :func:`pad_rows`: the text is cut to
+    ``max_length - 2`` tokens before the delimiters are added, so truncation never removes the
+    closing delimiter whose hidden state becomes the embedding.
+
+    Args:
+        side: one side for every text, or one side per text (both towers' inputs in one batch).
+
+    Returns:
+        ``input_ids`` and ``attention_mask``, both (B, T) long tensors.
+    """
+    sides = [side] * len(texts) if isinstance(side, Side) else list(side)
+    if len(sides) != len(texts):
+        raise ValueError(f"got {len(sides)} sides for {len(texts)} texts")
+    delimiters = {s.name: delimiter_ids(tokenizer, s) for s in sides}
+    bodies = body_ids(tokenizer, texts, max_length)
+    rows = [delimit_ids(body, *delimiters[s.name], max_length) for body, s in zip(bodies, sides, strict=True)]
+    return pad_rows(rows, pad_id_of(tokenizer), padding_side)
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerBase:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from models import DecoderEmbedder
-from models.pretokenized import delimit_ids, delimiter_ids, pad_id_of, pad_rows
+from models.tokenization import body_ids, delimit_ids, delimiter_ids, pad_id_of, pad_rows
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class EmbeddingEngine:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Body token ids of each text, untruncated (so request limits see the real length)."""
         with self._tokenizer_lock:
-            return list(self.tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+            return body_ids(self.tokenizer, texts)
 
     def row(self, side: str, body: Sequence[int]) -> Row:
         open_id, close_id = self._delimiters[side]
