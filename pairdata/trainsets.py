@@ -204,7 +204,12 @@ def load_files(
         if kind == "json":
             locate_jsonl_error(files)
         raise DataFormatError(label, f"could not be read as {kind} ({type(error).__name__}: {_cause(error)})") from None
-    return prepare(_shuffled(loaded, shuffle_buffer, seed), label, columns, limit)
+    try:
+        return prepare(_shuffled(loaded, shuffle_buffer, seed), label, columns, limit)
+    except DataFormatError as error:
+        if kind == "json" and "UTF-8" in str(error):
+            locate_jsonl_error(files)  # names the file and line
+        raise
 
 
 def locate_jsonl_error(files: Sequence[str]) -> None:
@@ -356,7 +361,14 @@ def check_rows(dataset: datasets.Dataset, label: str, mapping: Mapping[str, str]
     for batch in _record_batches(dataset, list(mapping.values())):
         for ours in TEXT_COLUMNS:
             column = batch.column(mapping[ours])
-            first = _first_blank(column)
+            try:
+                first = _first_blank(column)
+            except pa.ArrowInvalid:  # a reader let bytes through that are not UTF-8
+                raise DataFormatError(
+                    label,
+                    f"rows {start}..{start + batch.num_rows - 1}: column {mapping[ours]!r} holds text that is not "
+                    "valid UTF-8",
+                ) from None
             if first >= 0:
                 raise DataFormatError(
                     label,

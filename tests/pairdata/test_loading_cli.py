@@ -16,7 +16,7 @@ from pairdata.code.languages import LANGUAGES
 from pairdata.loading import load_built_pairs, read_pairs
 from pairdata.pairs import Pair
 from pairdata.text.build import build_text, folder_text_source
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, compose_train_config
 from tests.pairdata.conftest import folder_specs, write_repos
 
 MY_CONFIGS = ["code_all", "text_neighbors", "text_search", *(f"code_{language}" for language in LANGUAGES)]
@@ -57,11 +57,22 @@ def built(tmp_path: Path, cache) -> Path:
     return data_dir
 
 
-@pytest.mark.parametrize("config", MY_CONFIGS)
-def test_every_config_instantiates_to_pairs(built: Path, config: str) -> None:
-    cfg = OmegaConf.load(CONFIG_DIR / "data" / f"{config}.yaml")
-    pairs = instantiate(cfg, data_dir=str(built))
-    assert pairs and all(isinstance(pair, Pair) and pair.x and pair.y for pair in pairs)
+@pytest.mark.parametrize("config", [*MY_CONFIGS, "mixture"])
+def test_every_config_instantiates_to_datasets_of_pairs(built: Path, config: str, monkeypatch, tmp_path) -> None:
+    from pairdata.trainsets import Mixture
+
+    monkeypatch.setenv("CPT_PAIRDATA_DIR", str(built))
+    data = instantiate(compose_train_config([f"data={config}"], tmp_path).data)
+    members = list(data.datasets.values()) if isinstance(data, Mixture) else [data]
+    if config in ("code_all", "mixture"):
+        assert isinstance(data, Mixture) and data.same_source_batches == (config == "mixture")
+        assert len(members) == (7 if config == "mixture" else 6)
+    for dataset in members:
+        assert dataset.column_names == ["x", "y"] and len(dataset)
+        assert all(isinstance(row["x"], str) and row["x"] and row["y"] for row in dataset)
+    if config in ("code_all", "mixture", "code_python"):  # the Arrow copy reads back the jsonl.gz's pairs exactly
+        python = data.datasets["code-python"] if isinstance(data, Mixture) else data
+        assert [Pair(r["x"], r["y"]) for r in python] == load_built_pairs("code-python", data_dir=str(built))
 
 
 def test_config_default_data_dir_expands_user_home(monkeypatch, tmp_path: Path) -> None:
