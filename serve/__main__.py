@@ -29,6 +29,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: torch.autocast")
     parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=None, help="larger bodies answer 413 (default: 300,000 tokens x 32 bytes)"
+    )
+    parser.add_argument("--body-timeout-s", type=float, default=30.0, help="a body slower to arrive answers 408")
+    parser.add_argument(
+        "--graceful-shutdown-s", type=float, default=5.0, help="at shutdown, cancel requests still running after this"
+    )
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -58,8 +65,17 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         precision=args.precision,
         torch_threads=args.torch_threads,
+        body_timeout_s=args.body_timeout_s,
+        graceful_shutdown_s=args.graceful_shutdown_s,
+        **({"max_body_bytes": args.max_body_bytes} if args.max_body_bytes is not None else {}),
     )
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Routes: ``POST /v1/embeddings`` (OpenAI's contract, see ``docs/serving.md``), ``GET /v1/models``,
 ``GET /health``. The lifespan loads the model (unless an engine is handed in, as tests do),
 starts the micro-batcher and, at shutdown, answers every queued row before returning; uvicorn
-waits for in-flight requests before it runs the lifespan's shutdown, so nothing is dropped.
+waits for in-flight requests (up to ``graceful_shutdown_s``, then cancels them) before it runs the
+lifespan's shutdown. :class:`serve.guard.RequestGuard` checks the API key and bounds the body
+before FastAPI reads it.
 
 Usage counts the tokens each input has as the model runs it: the text's tokens (or the token
 array), truncated to ``max_length - 2``, plus the side's two delimiters.
@@ -13,24 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from serve.batching import BatcherClosed, MicroBatcher
 from serve.engine import EmbeddingEngine, Row
-from serve.errors import AUTHENTICATION, OVERLOADED, OpenAIError, install_error_handlers
+from serve.errors import OVERLOADED, OpenAIError, install_error_handlers
+from serve.guard import RequestGuard
 from serve.schemas import (
+    MAX_BODY_BYTES,
     MAX_ITEMS,
     MAX_TOKENS_PER_ITEM,
     MAX_TOKENS_PER_REQUEST,
@@ -62,6 +64,11 @@ class Settings:
         precision: ``fp32`` or ``bf16`` (autocast), as the evaluation harness's ``source.precision``.
         torch_threads: intra-op threads of the model (``None``: torch's default, one per core);
             on a machine shared with other work, fewer threads avoid stalls at thread barriers.
+        max_body_bytes: larger request bodies answer 413 unread (default: 300,000 tokens at a
+            generous 32 bytes each, see :data:`serve.schemas.MAX_BODY_BYTES`).
+        body_timeout_s: a request body that takes longer to arrive answers 408.
+        graceful_shutdown_s: at shutdown, requests still running after this long are cancelled
+            (uvicorn's ``timeout_graceful_shutdown``; used by ``python -m serve``).
     """
 
     model: str | None = None
@@ -75,6 +82,16 @@ class Settings:
     device: str = "cpu"
     precision: str = "fp32"
     torch_threads: int | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    body_timeout_s: float = 30.0
+    graceful_shutdown_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1 or self.body_timeout_s <= 0 or self.graceful_shutdown_s < 0:
+            raise ValueError(
+                "need max_body_bytes >= 1, body_timeout_s > 0 and graceful_shutdown_s >= 0, got "
+                f"{self.max_body_bytes}, {self.body_timeout_s}, {self.graceful_shutdown_s}"
+            )
 
 
 def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> FastAPI:
@@ -125,18 +142,15 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
     app.state.settings = settings
     app.state.status = "starting"
     install_error_handlers(app)
-
-    def check_api_key(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-    ) -> None:
-        if settings.api_key is None:
-            return
-        if credentials is None:
-            raise OpenAIError(
-                401, "missing API key: send 'Authorization: Bearer <key>'", type=AUTHENTICATION, code="invalid_api_key"
-            )
-        if not hmac.compare_digest(credentials.credentials.encode(), settings.api_key.encode()):
-            raise OpenAIError(401, "incorrect API key provided", type=AUTHENTICATION, code="invalid_api_key")
+    app.add_middleware(
+        RequestGuard,
+        api_key=settings.api_key,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
+    # The key is checked by the guard, before the body is read; the dependency only declares the
+    # scheme in the OpenAPI document, and only when there is a key.
+    security = [Depends(_BEARER)] if settings.api_key is not None else []
 
     def ready(request: Request) -> tuple[EmbeddingEngine, MicroBatcher]:
         if request.app.state.status != "ok":
@@ -150,7 +164,7 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
         body = Health(status=state.status, models=models).model_dump()
         return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
 
-    @app.get("/v1/models", response_model=ModelList, operation_id="list_models", dependencies=[Depends(check_api_key)])
+    @app.get("/v1/models", response_model=ModelList, operation_id="list_models", dependencies=security)
     async def list_models(request: Request) -> ModelList:
         served, _ = ready(request)
         return ModelList(
@@ -164,7 +178,7 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
         "/v1/embeddings",
         response_model=EmbeddingResponse,
         operation_id="create_embeddings",
-        dependencies=[Depends(check_api_key)],
+        dependencies=security,
     )
     async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
         served, batcher = ready(request)

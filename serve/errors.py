@@ -8,6 +8,7 @@ mapped to the same body; an unexpected exception's text is logged, never sent to
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,6 +33,7 @@ class OpenAIError(Exception):
         type: OpenAI error type (``invalid_request_error``, ``authentication_error``, ...).
         param: the request field at fault, if any.
         code: a stable machine-readable code, if any.
+        headers: extra response headers (``Allow`` of a 405, ``Connection: close``).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class OpenAIError(Exception):
         type: str = INVALID_REQUEST,
         param: str | None = None,
         code: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -48,12 +51,13 @@ class OpenAIError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer", **self.headers} if self.status == 401 else self.headers
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 

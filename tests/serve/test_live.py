@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import threading
 import time
@@ -72,6 +73,62 @@ def test_lone_surrogate_is_a_400_and_the_connection_lives_on(live_server):
         sock.sendall(raw_post("/v1/embeddings", good))  # the same keep-alive connection
         status, _, body = read_response(sock)
         assert status == 200, body
+
+
+def test_a_declared_50_mb_body_is_refused_before_it_is_sent(live_server):
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=30) as sock:
+        sock.sendall(raw_post("/v1/embeddings", b'{"input": ["' + b"x" * 1024, content_length=50_000_000))
+        status, headers, body = read_response(sock)
+        assert status == 413, body
+        assert json.loads(body)["error"]["code"] == "request_too_large"
+        assert headers["connection"] == "close"
+        assert sock.recv(1) == b""  # closed: the rest of the 50 MB is never read
+
+
+def test_a_body_that_stops_arriving_is_408_on_a_real_server(engine):
+    server = LoopbackServer(create_app(Settings(body_timeout_s=0.5), engine=engine)).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            started = time.monotonic()
+            sock.sendall(raw_post("/v1/embeddings", b'{"input": "hel', content_length=100))
+            status, headers, body = read_response(sock)
+            waited = time.monotonic() - started
+        assert status == 408, body
+        assert 0.4 < waited < 10
+        assert headers["connection"] == "close"
+    finally:
+        server.stop()
+
+
+def test_sigterm_ends_the_server_within_the_graceful_bound_while_a_body_is_half_sent(tmp_path):
+    from models import DecoderEmbedder
+    from serve.process import ServerProcess, free_port
+    from tests.conftest import TINY_LLAMA, TWO_SIDES
+
+    DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0).save_pretrained(tmp_path / "ckpt")
+    port, graceful_s = free_port(), 2
+    args = ["-m", "serve", "--model", str(tmp_path / "ckpt"), "--name", NAME, "--port", str(port)]
+    args += ["--graceful-shutdown-s", str(graceful_s), "--body-timeout-s", "600", "--log-level", "warning"]
+    with open(tmp_path / "server.log", "w") as log:
+        server = ServerProcess(args, port, log=log)
+        try:
+            server.wait_ready(120)
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(raw_post("/v1/embeddings", b'{"input": "hel', content_length=100))
+                time.sleep(0.5)  # the request is in flight, waiting for the rest of its body
+                started = time.monotonic()
+                server.proc.send_signal(signal.SIGTERM)
+                server.proc.wait(graceful_s + 20)
+                took = time.monotonic() - started
+        finally:
+            if server.proc.poll() is None:
+                server.proc.kill()
+                server.proc.wait(10)
+    log_text = (tmp_path / "server.log").read_text()
+    # the graceful bound plus the lifespan's shutdown and the interpreter's exit, on a busy 2-core machine
+    assert took < graceful_s + 8, (took, log_text)
+    assert server.proc.returncode in (0, -signal.SIGTERM), log_text  # uvicorn re-raises the SIGTERM it handled
+    assert "Cancel 1 running task(s), timeout graceful shutdown exceeded" in log_text
 
 
 def test_32_clients_x_20_requests_equal_single_results(engine):
