@@ -402,13 +402,26 @@ def enable_activation_checkpointing(backbone: PreTrainedModel) -> None:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def is_complete_export(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole embedder: config, heads, tokenizer and every backbone's weights."""
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file() or not (folder / HEADS_NAME).is_file() or not (folder / TOKENIZER_DIR).is_dir():
+        return False
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return False
+    names = ["backbone"] if config.get("shared_weights", True) else [f"backbone-{n}" for n in config.get("sides", {})]
+    return all(any((folder / name).glob("*.safetensors")) for name in names)
+
+
 def resolve_checkpoint_dir(directory: str | Path) -> Path:
     """A checkpoint folder itself, or the newest ``checkpoints/step-*`` inside a training run folder."""
     directory = Path(directory).expanduser()
     if (directory / CONFIG_NAME).is_file() or not (directory / "checkpoints").is_dir():
         return directory
     steps = sorted(
-        (path for path in (directory / "checkpoints").glob("step-*") if (path / CONFIG_NAME).is_file()),
+        (path for path in (directory / "checkpoints").glob("step-*") if is_complete_export(path)),
         key=lambda path: int(path.name.removeprefix("step-")),
     )
     if not steps:

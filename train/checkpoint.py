@@ -7,11 +7,21 @@ A checkpoint is ``OUTPUT/checkpoints/step-NNNNNN/`` holding
   ``models.DecoderEmbedder.from_pretrained``;
 * ``training_state/`` from ``accelerate``'s ``save_state``: weights, optimizer, scheduler,
   gradient scaler and every process's RNG states (Python, NumPy, torch, CUDA);
+* ``scheduler.json``: the learning-rate scheduler's state, as JSON (not pickled);
+* ``data_state/rank-N.json`` for streamed data: each process's stream position;
 * ``train_config.yaml`` (the resolved config) and ``trainer_state.json`` (step = data position,
   samples seen, last metrics).
 
 Every process writes into ``.step-NNNNNN.tmp`` and the main process renames it when all are done,
-so an interrupted write never leaves a ``step-*`` folder that looks complete.
+so an interrupted write never leaves a ``step-*`` folder that looks complete. Deleting (pruning, or
+replacing a step written again) first renames the folder to ``.step-NNNNNN.deleting``, so a kill
+mid-delete never leaves a ``step-*`` without its weights; :func:`is_complete` also checks the
+weights themselves.
+
+Trusted input: resuming loads accelerate's files with ``torch.load(weights_only=True)`` (weights,
+optimizer, RNG states) and this module's JSON; nothing is unpickled with ``weights_only=False``.
+A copied checkpoint is still trusted for its *values* (weights, learning-rate state): resume only
+from checkpoints you or your pipeline wrote.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ TRAINER_STATE = "trainer_state.json"
 RUN_CONFIG = "train_config.yaml"
 TRAINING_STATE_DIR = "training_state"
 DATA_STATE_DIR = "data_state"
+SCHEDULER_STATE = "scheduler.json"
 
 
 def checkpoint_name(step: int) -> str:
@@ -44,6 +55,7 @@ def save_checkpoint(
     run_config_yaml: str,
     keep: int,
     data_state: dict[str, Any] | None = None,
+    scheduler: Any = None,
 ) -> Path:
     """Write checkpoint ``step`` (call on every process) and keep the newest ``keep`` (0 = all).
 
@@ -70,18 +82,32 @@ def save_checkpoint(
     if accelerator.is_main_process:
         embedder.save_pretrained(staging, state_dict=state_dict)
         (staging / RUN_CONFIG).write_text(run_config_yaml)
+        if scheduler is not None:
+            (staging / SCHEDULER_STATE).write_text(json.dumps(scheduler.state_dict()) + "\n")
         (staging / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-        if final.exists():  # the same step written again: replace it
-            shutil.rmtree(final)
+        old = _set_aside(final) if final.exists() else None  # the same step written again: replace it
         staging.rename(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         _prune(output_dir, keep)
     accelerator.wait_for_everyone()
     return final
 
 
+def is_complete(checkpoint: Path) -> bool:
+    """A finished checkpoint: its trainer state, inference folder and training state with weights."""
+    from models.embedder import is_complete_export
+
+    return (
+        (checkpoint / TRAINER_STATE).is_file()
+        and is_complete_export(checkpoint)
+        and any((checkpoint / TRAINING_STATE_DIR).glob("model*.safetensors"))
+    )
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Finished checkpoints of a run, oldest first."""
-    found = [path for path in (output_dir / CHECKPOINTS_DIR).glob("step-*") if (path / TRAINER_STATE).is_file()]
+    found = [path for path in (output_dir / CHECKPOINTS_DIR).glob("step-*") if is_complete(path)]
     return sorted(found, key=lambda path: int(path.name.removeprefix("step-")))
 
 
@@ -103,8 +129,11 @@ def find_resume_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
     if resume == "auto":
         return existing[-1] if existing else None
     path = Path(resume).expanduser()
-    if not (path / TRAINER_STATE).is_file() or not (path / TRAINING_STATE_DIR).is_dir():
-        raise FileNotFoundError(f"resume={resume}: not a finished training checkpoint (no {TRAINER_STATE})")
+    if not is_complete(path):
+        raise FileNotFoundError(
+            f"resume={resume}: not a finished training checkpoint (needs {TRAINER_STATE}, the embedder's "
+            f"weights and {TRAINING_STATE_DIR}/model*.safetensors)"
+        )
     return path
 
 
@@ -118,8 +147,46 @@ def read_data_state(checkpoint: Path, rank: int) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def load_scheduler_state(checkpoint: Path, scheduler: Any) -> None:
+    """Restore the scheduler from ``scheduler.json``."""
+    path = checkpoint / SCHEDULER_STATE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{checkpoint} holds no {SCHEDULER_STATE}: it was written before the scheduler state left pickle "
+            "(resume from a checkpoint of this version, or start the run again)"
+        )
+    scheduler.load_state_dict(json.loads(path.read_text()))
+
+
+def refuse_pickled_state(checkpoint: Path) -> None:
+    """Refuse a checkpoint holding ``custom_checkpoint_*.pkl``: accelerate would unpickle it with
+    ``weights_only=False``, which runs whatever code the file names."""
+    pickled = sorted(p.name for p in (checkpoint / TRAINING_STATE_DIR).glob("custom_checkpoint_*.pkl"))
+    if pickled:
+        raise ValueError(
+            f"{checkpoint / TRAINING_STATE_DIR} holds pickled objects {pickled} that resuming would unpickle "
+            "(running any code inside them). This trainer never writes them: the checkpoint was written by an "
+            "older version or modified. Check where it came from, delete the files and add a scheduler.json, "
+            "or start from another checkpoint"
+        )
+
+
+def remove_leftovers(output_dir: Path) -> None:
+    """Finish deletes a killed run left half-done (``.step-*.deleting``)."""
+    for leftover in (output_dir / CHECKPOINTS_DIR).glob(".step-*.deleting"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _set_aside(checkpoint: Path) -> Path:
+    """Rename a checkpoint out of the ``step-*`` namespace, so deleting it is atomic to readers."""
+    aside = checkpoint.with_name(f".{checkpoint.name}.deleting")
+    shutil.rmtree(aside, ignore_errors=True)
+    checkpoint.rename(aside)
+    return aside
+
+
 def _prune(output_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
     for stale in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(_set_aside(stale), ignore_errors=True)

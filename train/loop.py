@@ -28,8 +28,11 @@ from train.batching import HeldOut
 from train.checkpoint import (
     TRAINING_STATE_DIR,
     find_resume_checkpoint,
+    load_scheduler_state,
     read_data_state,
     read_trainer_state,
+    refuse_pickled_state,
+    remove_leftovers,
     save_checkpoint,
 )
 from train.data import Tokenization, TrainingData, build_training_data
@@ -118,6 +121,7 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
 
     settings = TrainerSettings.from_config(OmegaConf.to_container(cfg.trainer, resolve=True))
     log_with, wandb_kwargs = tracker_settings(cfg.logging.backend, cfg.logging.mode)
+    remove_leftovers(output_dir)
     resume_from = find_resume_checkpoint(output_dir, cfg.get("resume"))
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, log_with=log_with, project_dir=str(output_dir))
     if accelerator.distributed_type == DistributedType.DEEPSPEED and (
@@ -162,8 +166,7 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     scheduler = get_scheduler(
         settings.scheduler, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is saved as JSON, not pickled
     embedder = accelerator.unwrap_model(model)
     matryoshka = Matryoshka.from_settings(settings.matryoshka_dims, settings.matryoshka_weights, embedder.embedding_dim)
     if matryoshka is not None:
@@ -172,7 +175,9 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     metrics_file = MetricsFile(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
     start_step = 0
     if resume_from is not None:
+        refuse_pickled_state(resume_from)
         accelerator.load_state(str(resume_from / TRAINING_STATE_DIR))
+        load_scheduler_state(resume_from, scheduler)
         start_step = read_trainer_state(resume_from)["step"]
         data.resume(read_data_state(resume_from, rank))
         metrics_file.truncate_after(start_step)
@@ -291,7 +296,7 @@ def train_steps(run: Run) -> dict[str, Any]:
             }
             run.checkpoint = save_checkpoint(
                 accelerator, run.model, run.embedder, run.output_dir, step + 1, state, run.run_config,
-                settings.keep_checkpoints, data_state=run.data.state(),
+                settings.keep_checkpoints, data_state=run.data.state(), scheduler=run.scheduler,
             )  # fmt: skip
         started = time.perf_counter()  # validation and checkpoints are not step time
     progress.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,9 @@ class TrainerSettings:
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"unknown trainer option(s) {unknown}; valid options are {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        for key, value in config.items():
+            check_type(f"trainer.{key}", value, hints[key])
         settings = cls(**{key: config[key] for key in config})
         settings.betas = tuple(settings.betas)
         settings.validate()
@@ -65,3 +70,31 @@ class TrainerSettings:
             raise ValueError(f"trainer.prefetch_factor must be >= 1, got {self.prefetch_factor}")
         if self.lr <= 0:
             raise ValueError(f"trainer.lr must be > 0, got {self.lr}")
+
+
+def check_type(name: str, value: Any, hint: Any) -> None:
+    """Raise a ``ValueError`` naming ``name`` when ``value`` does not fit the annotation ``hint``."""
+    if _fits(value, hint):
+        return
+    expected = str(hint).replace("typing.", "") if typing.get_origin(hint) else hint.__name__
+    raise ValueError(f"{name} must be of type {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(_fits(item, args[0]) for item in value) if args else True
+    return True
