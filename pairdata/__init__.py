@@ -8,6 +8,6 @@ from pairdata.pairs import Pair, load_jsonl_pairs
 
 __all__ = ["DataFormatError", "Pair", "load_jsonl_pairs"]
 
-from pairdata.loading import load_built_mixture, load_built_pairs  # noqa: E402  (built sets, by name)
+from pairdata.loading import load_built_pairs  # noqa: E402  (built sets, by name)
 
-__all__ += ["load_built_mixture", "load_built_pairs"]
+__all__ += ["load_built_pairs"]

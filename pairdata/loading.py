@@ -1,6 +1,6 @@
-"""Load built datasets as :class:`~pairdata.pairs.Pair` lists: the targets of ``configs/data/*.yaml``.
+"""Load built datasets as :class:`~pairdata.pairs.Pair` lists (evaluation reads test splits this way).
 
-``pairs = hydra.utils.instantiate(cfg.data)`` calls :func:`load_built_pairs` with the config's keys.
+Training reads the same sets as memory-mapped ``datasets`` through :func:`pairdata.trainsets.built`.
 Code datasets give ``x`` = the docstring's first paragraph and ``y`` = the code without its
 docstring; text datasets give ``x``/``y`` as built (first/next chunk, query/document). Official
 CodeSearchNet ``*.jsonl.gz`` files read the same way (``x`` falls back to ``docstring_tokens``).
@@ -71,18 +71,6 @@ def load_built_pairs(
         raise ValueError(f"limit must be a positive integer or None, got {limit}")
     path = split_path(name, split, data_dir)
     return read_pairs(path, limit=limit)
-
-
-def load_built_mixture(
-    names: list[str], split: str = "train", data_dir: str | None = None, limit: int | None = None
-) -> list[Pair]:
-    """The pairs of several built datasets, concatenated in the order given (e.g. all six languages)."""
-    if not names:
-        raise ValueError("names must list at least one dataset")
-    pairs: list[Pair] = []
-    for name in names:
-        pairs.extend(load_built_pairs(name, split, data_dir, limit))
-    return pairs
 
 
 def read_pairs(path: str | Path, limit: int | None = None) -> list[Pair]:
