@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
@@ -38,13 +40,25 @@ from serve.schemas import (
     MAX_TOKENS_PER_REQUEST,
     EmbeddingRequest,
     EmbeddingResponse,
+    ErrorResponse,
     Health,
     ModelCard,
     ModelList,
+    served_limits,
 )
 
 logger = logging.getLogger(__name__)
 _BEARER = HTTPBearer(auto_error=False)
+ERROR_STATUSES = {
+    400: "invalid request: a field's type or value, an input over a limit, malformed JSON",
+    401: "missing or wrong API key",
+    404: "unknown model",
+    408: "the request body did not arrive within the server's body timeout",
+    413: "the request body is over the server's limit",
+    429: "the server is overloaded; retry later",
+    500: "unexpected server error",
+    503: "the server is starting or shutting down",
+}
 
 
 @dataclass(frozen=True)
@@ -151,20 +165,33 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
     # The key is checked by the guard, before the body is read; the dependency only declares the
     # scheme in the OpenAPI document, and only when there is a key.
     security = [Depends(_BEARER)] if settings.api_key is not None else []
+    any_route = (408, 413, 500)  # the guard's refusals, and an unexpected error
+    v1_route = (*any_route, 503) + ((401,) if settings.api_key is not None else ())
 
     def ready(request: Request) -> tuple[EmbeddingEngine, MicroBatcher]:
         if request.app.state.status != "ok":
             raise OpenAIError(503, f"the server is {request.app.state.status}", type=OVERLOADED, code="unavailable")
         return request.app.state.engine, request.app.state.batcher
 
-    @app.get("/health", response_model=Health, operation_id="health")
+    @app.get(
+        "/health",
+        response_model=Health,
+        operation_id="health",
+        responses={503: {"model": Health, "description": "starting or stopping"}, **error_responses(*any_route)},
+    )
     async def health(request: Request) -> JSONResponse:
         state = request.app.state
         models = sorted(state.engine.model_names) if state.status == "ok" else []
         body = Health(status=state.status, models=models).model_dump()
         return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
 
-    @app.get("/v1/models", response_model=ModelList, operation_id="list_models", dependencies=security)
+    @app.get(
+        "/v1/models",
+        response_model=ModelList,
+        operation_id="list_models",
+        dependencies=security,
+        responses=error_responses(*v1_route),
+    )
     async def list_models(request: Request) -> ModelList:
         served, _ = ready(request)
         return ModelList(
@@ -179,6 +206,7 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
         response_model=EmbeddingResponse,
         operation_id="create_embeddings",
         dependencies=security,
+        responses=error_responses(400, 404, 429, *v1_route),
     )
     async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
         served, batcher = ready(request)
@@ -224,7 +252,35 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
             }
         )
 
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI document; once the model is loaded it carries the model's bounds and is kept."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = get_openapi(
+            title=app.title, version=app.version, openapi_version=app.openapi_version, routes=app.routes
+        )
+        drop_validation_errors(document)
+        if app.state.status == "ok":
+            served_limits(document, app.state.engine.embedding_dim, app.state.engine.vocab_size)
+            app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses`` for these error statuses, each with OpenAI's error body."""
+    return {status: {"model": ErrorResponse, "description": ERROR_STATUSES[status]} for status in sorted(statuses)}
+
+
+def drop_validation_errors(document: dict[str, Any]) -> None:
+    """Remove FastAPI's 422 (this server answers validation failures with 400) and its models, in place."""
+    for item in document["paths"].values():
+        for operation in item.values():
+            operation["responses"].pop("422", None)
+    for name in ("HTTPValidationError", "ValidationError"):
+        document.get("components", {}).get("schemas", {}).pop(name, None)
 
 
 async def _token_bodies(value: str | list, served: EmbeddingEngine) -> list[list[int]]:

@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve.schemas import ErrorDetail, ErrorResponse
+
 logger = logging.getLogger(__name__)
 
 INVALID_REQUEST = "invalid_request_error"
@@ -54,7 +56,8 @@ class OpenAIError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorResponse(error=detail).model_dump()
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer", **self.headers} if self.status == 401 else self.headers
@@ -82,8 +85,8 @@ async def _validation_error_handler(request: Request, exc: Exception) -> JSONRes
 
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = "not_found" if exc.status_code == 404 else None
-    return OpenAIError(exc.status_code, str(exc.detail), code=code).response()
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return OpenAIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers).response()  # 405: Allow
 
 
 async def _unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:

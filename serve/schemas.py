@@ -137,3 +137,36 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "starting", "stopping"]
     models: list[str] = Field(default_factory=list)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer, OpenAI's: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail
+
+
+def served_limits(document: dict[str, Any], embedding_dim: int, vocab_size: int) -> None:
+    """Write the served model's bounds into an OpenAPI document made from these models, in place:
+    ``dimensions`` at most ``embedding_dim``, token ids below ``vocab_size``."""
+    request = document["components"]["schemas"]["EmbeddingRequest"]["properties"]
+    for schema in _integer_schemas(request["dimensions"]):
+        schema["maximum"] = embedding_dim
+    for schema in _integer_schemas(request["input"]):  # every integer of ``input`` is a token id
+        schema["maximum"] = vocab_size - 1
+
+
+def _integer_schemas(schema: Any) -> list[dict[str, Any]]:
+    """Every ``{"type": "integer"}`` schema inside ``schema``."""
+    if isinstance(schema, list):
+        return [found for item in schema for found in _integer_schemas(item)]
+    if not isinstance(schema, dict):
+        return []
+    here = [schema] if schema.get("type") == "integer" else []
+    return here + [found for value in schema.values() for found in _integer_schemas(value)]
