@@ -229,9 +229,13 @@ class TrainingData:
     def steps(self, start: int, stop: int) -> Iterator[list[MicroBatch]]:
         """This process's micro-batches of steps ``start..stop-1``, in order."""
         if self._stream is not None:
-            for _, (micro, state) in zip(range(start, stop), self._stream, strict=False):
-                self.last_state = state
-                yield micro
+            stream = iter(self._stream)
+            try:
+                for _, (micro, state) in zip(range(start, stop), stream, strict=False):
+                    self.last_state = state
+                    yield micro
+            finally:
+                stream.close()  # stops the reader thread now, not at interpreter exit (inside Arrow's C++)
             return
         assert self._steps is not None
         loader = torch.utils.data.DataLoader(
