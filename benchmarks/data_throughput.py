@@ -145,53 +145,21 @@ def run_child(mode: str, path: Path, **options: object) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def sentence_transformers_seconds(folder: str, dataset, batch: int, max_length: int, steps: int, work: Path) -> float:
-    """Median s/step of SentenceTransformerTrainer + MNSRL on ``dataset`` (columns x, y)."""
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers.losses import MultipleNegativesSymmetricRankingLoss
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from sentence_transformers.training_args import SentenceTransformerTrainingArguments
-    from transformers import TrainerCallback
-
-    transformer = Transformer(folder, max_seq_length=max_length)
-    if transformer.tokenizer.pad_token is None:
-        transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
-    pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
-    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
-    durations: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            durations.append(time.perf_counter() - self.started)
-
-    arguments = SentenceTransformerTrainingArguments(
-        output_dir=str(work), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-4,
-        warmup_steps=0, report_to="none", save_strategy="no", logging_steps=steps, use_cpu=True, seed=0,
-        dataloader_drop_last=True,
-    )  # fmt: skip
-    trainer = SentenceTransformerTrainer(
-        model=model, args=arguments, train_dataset=dataset.rename_columns({"x": "anchor", "y": "positive"}),
-        loss=MultipleNegativesSymmetricRankingLoss(model), callbacks=[StepTimer()],
-    )  # fmt: skip
-    trainer.train()
-    return statistics.median(durations[1:])
-
-
-def ours_seconds(model: str, path: Path, batch: int, max_length: int, steps: int, work: Path) -> float:
-    from train.loop import train
-
-    cfg = peer.compose(
-        [*peer.model_overrides(model), "trainer=cpu", "logging=none", *files_overrides(path, False),
-         f"trainer.steps={steps}", f"trainer.batch_size={batch}", f"trainer.max_length={max_length}",
-         "trainer.train_top_layers=null", "trainer.val_pairs=0", "trainer.eval_every=0", "trainer.warmup_steps=0"],
-        work,
-    )  # fmt: skip
-    train(cfg, work)
-    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(batch / r["pairs_per_s"] for r in records[1:])
+def memory_table(args: argparse.Namespace) -> None:
+    print("\n## Peak RSS of a training run against dataset size (tiny decoder, 30 steps of 32 pairs)\n")
+    print("Peak RSS (VmHWM) / peak anonymous RSS (RssAnon, sampled every 20 ms), MiB. VmHWM also counts the")
+    print("clean file-backed pages of the memory-mapped Arrow files that were touched (page cache).\n")
+    print("| rows | Parquet MB | Arrow conversion: s | conversion: RSS / anon "
+          "| memory-mapped run: RSS / anon | streamed run: RSS / anon |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
+    for rows in args.rows:
+        path = write_parquet(args.work / f"pairs-{rows}.parquet", rows, args.data_dir)
+        prepared = run_child("prepare", path)
+        mapped = run_child("mmap", path)
+        streamed = run_child("stream", path)
+        cells = [f"{m['peak_rss_mib']:.0f} / {m['peak_anon_mib']:.0f}" for m in (prepared, mapped, streamed)]
+        print(f"| {rows:,} | {path.stat().st_size / 1e6:.0f} | {prepared['seconds']:.0f} | {' | '.join(cells)} |",
+              flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -200,6 +168,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "cpt-data-bench")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-smollm", action="store_true", help="tiny decoder only (tables 2 and 3 shrink)")
+    parser.add_argument("--skip-memory", action="store_true", help="tables 2 and 3 only")
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("CPT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
     )
@@ -219,20 +188,8 @@ def main() -> None:
     os.environ.setdefault("HF_DATASETS_CACHE", str(args.work / "hf-cache"))
     print(f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {os.cpu_count()} CPUs")
 
-    print("\n## Peak RSS of a training run against dataset size (tiny decoder, 30 steps of 32 pairs)\n")
-    print("Peak RSS (VmHWM) / peak anonymous RSS (RssAnon, sampled every 20 ms), MiB. VmHWM also counts the")
-    print("clean file-backed pages of the memory-mapped Arrow files that were touched (page cache).\n")
-    print("| rows | Parquet MB | Arrow conversion: s | conversion: RSS / anon "
-          "| memory-mapped run: RSS / anon | streamed run: RSS / anon |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|")
-    for rows in args.rows:
-        path = write_parquet(args.work / f"pairs-{rows}.parquet", rows, args.data_dir)
-        prepared = run_child("prepare", path)
-        mapped = run_child("mmap", path)
-        streamed = run_child("stream", path)
-        cells = [f"{m['peak_rss_mib']:.0f} / {m['peak_anon_mib']:.0f}" for m in (prepared, mapped, streamed)]
-        print(f"| {rows:,} | {path.stat().st_size / 1e6:.0f} | {prepared['seconds']:.0f} | {' | '.join(cells)} |",
-              flush=True)  # fmt: skip
+    if not args.skip_memory:
+        memory_table(args)
 
     path = write_parquet(args.work / "pairs-100000.parquet", 100_000, args.data_dir)
     run_child("prepare", path)
@@ -252,15 +209,21 @@ def main() -> None:
     if not args.skip_smollm:
         from pairdata.trainsets import load_files
 
-        dataset = load_files(str(path), columns={"x": "query", "y": "positive"})
+        columns = load_files(str(path), columns={"x": "query", "y": "positive"}).rename_columns(
+            {"x": "anchor", "y": "positive"}
+        )  # the same memory-mapped dataset our loop reads
         model, batch, length, steps = "smollm2-135m", 16, 32, 4
         folder = peer.backbone_folder(model, args.work)
         ours, theirs = [], []
         for round_ in range(args.rounds):
             with tempfile.TemporaryDirectory() as work:
-                ours.append(ours_seconds(model, path, batch, length, steps, Path(work) / f"ours-{round_}"))
+                ours.append(
+                    peer.ours_seconds_per_step(
+                        model, files_overrides(path, False), batch, length, steps, Path(work) / f"ours-{round_}"
+                    )
+                )
             with tempfile.TemporaryDirectory() as work:
-                theirs.append(sentence_transformers_seconds(folder, dataset, batch, length, steps, Path(work)))
+                theirs.append(peer.sentence_transformers_seconds(folder, columns, batch, length, steps, Path(work)))
         print(f"\n## The whole loop vs sentence-transformers ({model}, batch {batch}, {length} tokens, full "
               f"fine-tuning, fp32, {args.rounds} alternating rounds of {steps} steps)\n")  # fmt: skip
         print("| trainer | s/step per round | pairs/s (median) | ratio |")

@@ -69,11 +69,14 @@ def model_overrides(model: str) -> list[str]:
     return [f"model={model}"]
 
 
-def ours_seconds_per_step(model: str, data: Path, batch: int, max_length: int, steps: int, work: Path) -> float:
+def ours_seconds_per_step(
+    model: str, data_overrides: list[str], batch: int, max_length: int, steps: int, work: Path
+) -> float:
+    """Median s/step (after the first) of our trainer, full fine-tuning, on the data the overrides name."""
     from train.loop import train
 
     cfg = compose(
-        [*model_overrides(model), "trainer=cpu", "logging=none", "data=jsonl", f"data.path={data}",
+        [*model_overrides(model), "trainer=cpu", "logging=none", *data_overrides,
          f"trainer.steps={steps}", f"trainer.batch_size={batch}", f"trainer.max_length={max_length}",
          "trainer.train_top_layers=null", "trainer.val_pairs=0", "trainer.eval_every=0", "trainer.warmup_steps=0"],
         work,
@@ -103,6 +106,15 @@ def sentence_transformers_seconds_per_step(
     folder: str, data: Path, batch: int, max_length: int, steps: int, work: Path
 ) -> float:
     from datasets import Dataset
+
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    dataset = Dataset.from_dict({"anchor": [r["x"] for r in rows], "positive": [r["y"] for r in rows]})
+    return sentence_transformers_seconds(folder, dataset, batch, max_length, steps, work)
+
+
+def sentence_transformers_seconds(folder: str, dataset, batch: int, max_length: int, steps: int, work: Path) -> float:
+    """Median s/step (after the first) of ``SentenceTransformerTrainer`` + MNSRL on ``dataset``
+    (columns ``anchor``, ``positive``), last-token pooling over the decoder folder, fp32, CPU."""
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.losses import MultipleNegativesSymmetricRankingLoss
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -114,9 +126,6 @@ def sentence_transformers_seconds_per_step(
         transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
     pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
     model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
-    rows = [json.loads(line) for line in data.read_text().splitlines()]
-    dataset = Dataset.from_dict({"anchor": [r["x"] for r in rows], "positive": [r["y"] for r in rows]})
-
     durations: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -194,7 +203,10 @@ def main() -> None:
 
         print(f"# {count} training pairs; torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs")
         if not args.skip_throughput:
-            ours = ours_seconds_per_step(args.model, data, args.batch, args.max_length, args.steps, scratch / "ours")
+            ours = ours_seconds_per_step(
+                args.model, ["data=jsonl", f"data.path={data}"], args.batch, args.max_length, args.steps,
+                scratch / "ours",
+            )  # fmt: skip
             theirs = sentence_transformers_seconds_per_step(
                 backbone_folder(args.model, scratch), data, args.batch, args.max_length, args.steps, scratch / "st"
             )
