@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,9 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
-    if origin in (list, tuple):
+    if origin in (list, tuple):  # any sequence: the config hands over OmegaConf's ListConfig
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and all(_fits(item, args[0]) for item in value) if args else True
+        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+            return False
+        return all(_fits(item, args[0]) for item in value) if args else True
     return True
