@@ -188,6 +188,24 @@ def test_streamed_files_train_and_resume_exactly_from_the_saved_stream_position(
     assert "epoch" not in records[-1] and records[-1]["samples_seen"] == 64
 
 
+def test_a_streamed_parquet_file_is_one_shard_per_row_group_in_file_order(tmp_path) -> None:
+    """Arrow decodes ahead through a whole fragment: one shard per row group bounds what a stream holds."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.distributed import split_dataset_by_node
+
+    rows = real_rows(tmp_path, 50)
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=10)
+    columns = {"x": "query", "y": "positive"}
+    whole = load_files(str(path), columns=columns, streaming=True, reshard=False)
+    stream = load_files(str(path), columns=columns, streaming=True)
+    assert (whole.num_shards, stream.num_shards) == (1, 5)
+    assert [r["x"] for r in stream] == [r["query"] for r in rows] == [r["x"] for r in whole]
+    halves = [[r["x"] for r in split_dataset_by_node(stream, rank=rank, world_size=2)] for rank in (0, 1)]
+    assert sorted(halves[0] + halves[1]) == sorted(r["query"] for r in rows)
+
+
 def test_a_stream_with_an_option_that_needs_its_length_is_refused(tmp_path) -> None:
     path = write_format(real_rows(tmp_path, 20), tmp_path / "pairs.parquet")
     cfg = compose_train_config(files_overrides(path, ("data.streaming=true", "trainer.val_pairs=4")), tmp_path)
