@@ -285,6 +285,26 @@ def mixture(
     return Mixture(dict(datasets), None if weights is None else dict(weights), same_source_batches)
 
 
+TRAINING_OPTIONS = ("num_negatives",)  # keys of configs/data that the trainer reads, not a loader
+
+
+def split_data_config(data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``cfg.data`` as (what Hydra instantiates, the trainer's options such as ``num_negatives``).
+
+    A mixture's members come from the same config files, so their copies of these keys are dropped:
+    the top-level value applies to every member.
+    """
+    from omegaconf import OmegaConf
+
+    loader = OmegaConf.to_container(data, resolve=True) if not isinstance(data, dict) else dict(data)
+    options = {key: loader.pop(key) for key in TRAINING_OPTIONS if key in loader}
+    for member in (loader.get("datasets") or {}).values():
+        if isinstance(member, dict):
+            for key in TRAINING_OPTIONS:
+                member.pop(key, None)
+    return loader, options
+
+
 # ---- the column map and the checks ---------------------------------------------------------------
 
 
@@ -303,6 +323,9 @@ def prepare(
     """
     if limit is not None and limit < 1:
         raise ValueError(f"data.limit must be a positive integer or null, got {limit}")
+    columns = dict(columns or {})
+    if columns.get("negatives") is not None and dataset.column_names is not None:
+        dataset, columns["negatives"] = pack_negatives(dataset, label, columns["negatives"])
     mapping = resolve_columns(columns)
     available = dataset.column_names  # None for some streamed sets (unknown until read)
     if available is not None:
@@ -327,6 +350,63 @@ def prepare(
     if renames:
         dataset = dataset.rename_columns(renames)
     return dataset
+
+
+def pack_negatives(dataset: Any, label: str, spec: str | Sequence[str]) -> tuple[Any, str]:
+    """The hard negatives named by ``data.columns.negatives`` as one list column; returns (set, its name).
+
+    ``spec`` is a column of string lists (used as it is), a column of strings (one negative a row),
+    a list of columns or a pattern such as ``negative_*`` (the one-column-per-negative layout of hub
+    triplet sets, in the columns' natural order). A null cell is a missing negative: that row has
+    fewer (the trainer counts them); an empty string is an error, as for any negative.
+    """
+    import fnmatch
+    import re
+
+    import datasets
+
+    available = list(dataset.column_names)
+    if isinstance(spec, str) and any(ch in spec for ch in "*?["):
+        names = sorted(
+            fnmatch.filter(available, spec), key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]
+        )
+        if not names:
+            raise DataFormatError(
+                label, f"no column matches data.columns.negatives={spec!r}; its columns are {available}"
+            )
+    else:
+        names = [spec] if isinstance(spec, str) else [str(name) for name in spec]
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise DataFormatError(
+            label, f"has no column {missing[0]!r} (for 'negatives'); its columns are {available}. "
+            "Map them with data.columns.negatives=NAME, a list of names, or a pattern such as 'negative_*'",
+        )  # fmt: skip
+    features = getattr(dataset, "features", None) or {}
+    is_list = [isinstance(features.get(name), (datasets.List, datasets.LargeList)) for name in names]
+    if len(names) == 1 and is_list[0]:
+        return dataset, names[0]  # a list column (its items are checked with the rows)
+    for name, listed in zip(names, is_list, strict=True):
+        if listed or getattr(features.get(name), "dtype", "string") not in ("string", "large_string"):
+            raise DataFormatError(
+                label, f"column {name!r} (for 'negatives') must hold strings (one negative each) or, alone, lists of "
+                f"strings; it holds {features[name]}",
+            )  # fmt: skip
+
+    def pack(batch: dict[str, list]) -> dict[str, list]:
+        rows = zip(*(batch[name] for name in names), strict=True)
+        return {"negatives": [[text for text in row if text is not None] for row in rows]}
+
+    keep = [name for name in available if name not in names]
+    options: dict[str, Any] = {"desc": "negatives"}
+    if is_streaming(dataset):  # a stream forgets its columns after a map unless told them
+        options = {}
+        if features:
+            options["features"] = datasets.Features(
+                {**{name: features[name] for name in keep}, "negatives": datasets.List(datasets.Value("string"))}
+            )
+    packed = dataset.map(pack, batched=True, remove_columns=names, **options)
+    return (packed.select_columns([*keep, "negatives"]) if keep else packed), "negatives"
 
 
 def resolve_columns(columns: Mapping[str, str | None] | None) -> dict[str, str]:

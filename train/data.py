@@ -1,10 +1,12 @@
 """From training sets to each process's tokenized micro-batches, off the training step.
 
 The loop receives, per optimizer step, this process's micro-batches as tensors only:
-``input_ids`` / ``attention_mask`` (2B, T) (the B x-rows, then the B y-rows, delimited as
-:func:`models.tokenization.encode_delimited` does for inference and serving) and ``x_keys`` /
-``y_keys`` (B,) int64 hashes of the texts, with which the loss leaves repeated texts of a batch
-out of each other's negatives.
+``input_ids`` / ``attention_mask`` (2B + M, T) (the B x-rows, the B y-rows, then the rows' M hard
+negatives, delimited as :func:`models.tokenization.encode_delimited` does for inference and
+serving) and ``x_keys`` / ``y_keys`` (B,) int64 hashes of the texts, with which the loss leaves
+repeated texts of a batch out of each other's negatives. With ``data.num_negatives`` > 0 also
+``negative_keys`` (M,), ``negative_counts`` (B,) and ``negatives_dropped`` (how many of the rows'
+negatives were their own positive's text).
 
 * A map-style set (``datasets.Dataset``, memory-mapped) or a :class:`~pairdata.trainsets.Mixture`
   of them goes through a ``torch.utils.data.DataLoader`` whose items are *steps*: item ``s`` is a
@@ -58,12 +60,46 @@ class Tokenization:
     max_length: int
     padding_side: str
 
-    def micro_batch(self, xs: Sequence[str], ys: Sequence[str]) -> MicroBatch:
-        sides = [self.x_side] * len(xs) + [self.y_side] * len(ys)
-        batch = encode_delimited(self.tokenizer, [*xs, *ys], sides, self.max_length, self.padding_side)
+    def micro_batch(
+        self, xs: Sequence[str], ys: Sequence[str], negatives: Sequence[Sequence[str]] | None = None
+    ) -> MicroBatch:
+        """Rows ``xs``, then ``ys``, then every row's ``negatives`` (encoded as the y side)."""
+        flat = [] if negatives is None else [text for row in negatives for text in row]
+        sides = [self.x_side] * len(xs) + [self.y_side] * (len(ys) + len(flat))
+        batch = encode_delimited(self.tokenizer, [*xs, *ys, *flat], sides, self.max_length, self.padding_side)
         batch["x_keys"] = text_keys(xs)
         batch["y_keys"] = text_keys(ys)
+        if negatives is not None:
+            batch["negative_keys"] = text_keys(flat)
+            batch["negative_counts"] = torch.tensor([len(row) for row in negatives], dtype=torch.int64)
         return batch
+
+
+@dataclass(frozen=True)
+class NegativeChoice:
+    """Which of a row's hard negatives a step uses: at most ``count``, never the row's own positive.
+
+    A row with more than ``count`` gives a sample of ``count`` of them drawn with a generator seeded by
+    (``seed``, the step's key), so every epoch may see others and a resume sees the same; a row with
+    fewer gives all it has (the loss handles any number per row, nothing is padded with text).
+    """
+
+    count: int
+    seed: int
+
+    def pick(
+        self, ys: Sequence[str], negatives: Sequence[Sequence[str] | None], key: int
+    ) -> tuple[list[list[str]], list[int]]:
+        """(chosen negatives per row, how many of each row's were dropped for being its own positive)."""
+        rng = np.random.default_rng([self.seed, key])
+        chosen, dropped = [], []
+        for y, row in zip(ys, negatives, strict=True):
+            kept = [text for text in row or () if text != y]
+            dropped.append(len(row or ()) - len(kept))
+            if len(kept) > self.count:
+                kept = [kept[i] for i in sorted(rng.choice(len(kept), self.count, replace=False).tolist())]
+            chosen.append(kept)
+        return chosen, dropped
 
 
 @dataclass
@@ -73,12 +109,24 @@ class Source:
     name: str
     dataset: Any
     held_out: HeldOut
+    _views: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
-    def read(self, positions: np.ndarray) -> dict[str, list]:
-        """The ``x``/``y`` texts at training positions, in the order given."""
+    def read(self, positions: np.ndarray, negatives: bool = False) -> dict[str, list]:
+        """The ``x``/``y`` texts (and, if asked, each row's ``negatives``) at training positions, in order."""
         rows = self.held_out.train_rows(positions).tolist()
-        batch = self.dataset[rows]
-        return {"x": batch["x"], "y": batch["y"]}
+        names = ("x", "y", "negatives") if negatives and "negatives" in self.dataset.column_names else ("x", "y")
+        batch = self._view(names)[rows]
+        out = {"x": batch["x"], "y": batch["y"]}
+        if negatives:
+            out["negatives"] = batch.get("negatives") or [[] for _ in rows]
+        return out
+
+    def _view(self, names: tuple[str, ...]) -> Any:
+        """The set with only ``names`` (other columns, e.g. unused negatives, are not read)."""
+        if names not in self._views:
+            whole = tuple(self.dataset.column_names) == names
+            self._views[names] = self.dataset if whole else self.dataset.select_columns(list(names))
+        return self._views[names]
 
 
 class StepDataset(torch.utils.data.Dataset):
@@ -93,33 +141,47 @@ class StepDataset(torch.utils.data.Dataset):
         rank: int,
         world_size: int,
         accum_steps: int,
+        negatives: NegativeChoice | None = None,
     ) -> None:
         self.sources = list(sources)
         self.batcher = batcher
         self.tokenization = tokenization
         self.steps = steps
         self.slices = local_slices(batcher.global_batch_size, rank, world_size, accum_steps)
+        self.negatives = negatives
 
     def __len__(self) -> int:
         return self.steps
 
-    def texts(self, step: int) -> tuple[list[str], list[str]]:
-        """The global batch of ``step`` as (xs, ys), in batch order."""
+    def texts(self, step: int) -> tuple[list[str], list[str], list[list[str]] | None]:
+        """The global batch of ``step`` as (xs, ys, each row's negatives or None), in batch order."""
         chosen = self.batcher.global_batch(step)
-        xs: list[str | None] = [None] * len(chosen.rows)
-        ys: list[str | None] = [None] * len(chosen.rows)
+        size = len(chosen.rows)
+        xs: list[str | None] = [None] * size
+        ys: list[str | None] = [None] * size
+        negatives: list[list[str]] = [[] for _ in range(size)]
         for index, source in enumerate(self.sources):
             where = np.flatnonzero(chosen.sources == index)
             if not len(where):
                 continue
-            texts = source.read(chosen.rows[where])
+            texts = source.read(chosen.rows[where], negatives=self.negatives is not None)
             for position, x, y in zip(where.tolist(), texts["x"], texts["y"], strict=True):
                 xs[position], ys[position] = x, y
-        return xs, ys  # type: ignore[return-value]
+            for position, row in zip(where.tolist(), texts.get("negatives", ()), strict=False):
+                negatives[position] = row
+        return xs, ys, (negatives if self.negatives is not None else None)  # type: ignore[return-value]
 
     def __getitem__(self, step: int) -> list[MicroBatch]:
-        xs, ys = self.texts(step)
-        return [self.tokenization.micro_batch(xs[part], ys[part]) for part in self.slices]
+        xs, ys, negatives = self.texts(step)
+        if negatives is None:
+            return [self.tokenization.micro_batch(xs[part], ys[part]) for part in self.slices]
+        assert self.negatives is not None
+        chosen, dropped = self.negatives.pick(ys, negatives, step)  # over the global batch: any process count
+        micro = []
+        for part in self.slices:
+            micro.append(self.tokenization.micro_batch(xs[part], ys[part], chosen[part]))
+            micro[-1]["negatives_dropped"] = torch.tensor(sum(dropped[part]))
+        return micro
 
 
 class StreamSteps:
@@ -140,6 +202,7 @@ class StreamSteps:
         rank: int,
         world_size: int,
         prefetch: int = 2,
+        negatives: NegativeChoice | None = None,
     ) -> None:
         from datasets.distributed import split_dataset_by_node
 
@@ -149,6 +212,7 @@ class StreamSteps:
         self.local_batch = local_batch
         self.accum_steps = accum_steps
         self.prefetch = max(1, prefetch)
+        self.negatives = negatives
         self.epoch = 0
         self.rows_read = 0
 
@@ -177,8 +241,15 @@ class StreamSteps:
             while not stop.is_set():
                 micro = []
                 for _ in range(self.accum_steps):
+                    key = self.rows_read
                     chunk = [next(rows) for _ in range(self.local_batch)]
-                    micro.append(self.tokenization.micro_batch([r["x"] for r in chunk], [r["y"] for r in chunk]))
+                    xs, ys = [r["x"] for r in chunk], [r["y"] for r in chunk]
+                    if self.negatives is None:
+                        micro.append(self.tokenization.micro_batch(xs, ys))
+                        continue
+                    chosen, dropped = self.negatives.pick(ys, [r.get("negatives") for r in chunk], key)
+                    micro.append(self.tokenization.micro_batch(xs, ys, chosen))
+                    micro[-1]["negatives_dropped"] = torch.tensor(sum(dropped))
                 state = {"epoch": self.epoch, "rows_read": self.rows_read, "dataset": self.dataset.state_dict()}
                 out.put((micro, state))
         except BaseException as error:  # surfaced in the training process's thread
@@ -218,6 +289,7 @@ class TrainingData:
     validation: tuple[list[str], list[str]]
     names: list[str]
     global_batch: int
+    num_negatives: int = 0
     _steps: StepDataset | None = None
     _stream: StreamSteps | None = None
     _loader_options: dict[str, Any] = field(default_factory=dict)
@@ -274,13 +346,18 @@ def build_training_data(
     num_workers: int,
     prefetch_factor: int,
     pin_memory: bool,
+    num_negatives: int = 0,
 ) -> TrainingData:
     """Sources, held-out pairs, the batch schedule and the loader for a run.
 
     Args:
         data: what ``configs/data`` instantiates: a ``Dataset``, an ``IterableDataset``, a
             :class:`~pairdata.trainsets.Mixture`, or a list of :class:`~pairdata.pairs.Pair`.
+        num_negatives: hard negatives per row at most (``data.num_negatives``); 0 = in-batch only.
     """
+    if num_negatives < 0:
+        raise ValueError(f"data.num_negatives must be >= 0, got {num_negatives}")
+    negatives = NegativeChoice(num_negatives, seed) if num_negatives else None
     global_batch = batch_size * world_size * accum_steps
     if isinstance(data, list):  # a plain list of pairs (e.g. from a custom data target)
         from pairdata.trainsets import from_pairs
@@ -293,9 +370,10 @@ def build_training_data(
                 "does not have: set trainer.val_pairs=0"
             )
         stream = StreamSteps(
-            data, _label(data), tokenization, batch_size, accum_steps, rank, world_size, prefetch=prefetch_factor
-        )
-        return TrainingData(None, ([], []), [_label(data)], global_batch, _stream=stream)
+            data, _label(data), tokenization, batch_size, accum_steps, rank, world_size, prefetch=prefetch_factor,
+            negatives=negatives,
+        )  # fmt: skip
+        return TrainingData(None, ([], []), [_label(data)], global_batch, num_negatives, _stream=stream)
 
     mixture = data if isinstance(data, Mixture) else Mixture({"data": data})
     streaming = [name for name, ds in mixture.datasets.items() if is_streaming(ds)]
@@ -324,7 +402,9 @@ def build_training_data(
             seed,
             mixture.same_source_batches,
         )
-    step_dataset = StepDataset(sources, batcher, tokenization, steps, rank, world_size, accum_steps)
+    if negatives is not None:
+        report_negative_counts(sources, num_negatives)
+    step_dataset = StepDataset(sources, batcher, tokenization, steps, rank, world_size, accum_steps, negatives)
     options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork after the tokenizer ran
@@ -334,9 +414,44 @@ def build_training_data(
         (val_x, val_y),
         [s.name for s in sources],
         global_batch,
+        num_negatives,
         _steps=step_dataset,
         _loader_options=options,
     )
+
+
+def negative_counts(dataset: Any) -> np.ndarray:
+    """(rows,) how many hard negatives each row of a memory-mapped set carries (0 without the column).
+
+    Reads only the list offsets of the ``negatives`` column, not its text.
+    """
+    import pyarrow.compute as pc
+
+    if "negatives" not in dataset.column_names:
+        return np.zeros(len(dataset), dtype=np.int64)
+    if dataset._indices is None:
+        column = dataset.data.column("negatives")
+    else:
+        column = dataset.select_columns(["negatives"]).with_format("arrow")[:]["negatives"]
+    return pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+
+
+def report_negative_counts(sources: Sequence[Source], cap: int) -> dict[str, dict[int, int]]:
+    """Log, per source, how many rows carry 0, 1, ... ``cap`` or more hard negatives; rows with fewer
+    than ``cap`` train with what they have (counted here, never dropped)."""
+    report = {}
+    for source in sources:
+        counts = np.minimum(negative_counts(source.dataset), cap)
+        histogram = np.bincount(counts, minlength=cap + 1)
+        report[source.name] = {k: int(n) for k, n in enumerate(histogram) if n}
+        short = int(histogram[:cap].sum())
+        logger.info(
+            "%s: hard negatives per row (capped at %d) %s; %d of %d rows have fewer than %d",
+            source.name, cap, report[source.name], short, len(counts), cap, cap,
+        )  # fmt: skip
+        if short == len(counts):
+            logger.warning("%s: no row has %d hard negatives (see data.columns.negatives)", source.name, cap)
+    return report
 
 
 def _split_count(total: int, sizes: Sequence[int]) -> list[int]:

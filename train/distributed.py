@@ -1,4 +1,5 @@
-"""Everything that knows about several processes: gathering embeddings (with gradients) and keys."""
+"""Everything that knows about several processes: gathering embeddings (with gradients) and keys,
+of equal or of differing lengths per process."""
 
 from __future__ import annotations
 
@@ -39,3 +40,35 @@ def gather_keys(keys: torch.Tensor, world_size: int) -> torch.Tensor:
     parts = [torch.empty_like(keys) for _ in range(world_size)]
     torch.distributed.all_gather(parts, keys.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def gather_counts(count: int, world_size: int, device: torch.device) -> torch.Tensor:
+    """(N,) int64: ``count`` from every process (e.g. how many hard negatives each one embedded)."""
+    return gather_keys(torch.tensor([count], dtype=torch.int64, device=device), world_size)
+
+
+def all_gather_ragged_with_grad(
+    tensor: torch.Tensor, counts: torch.Tensor, world_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate rows that differ in number per process, with gradients: ``(rows, valid)``.
+
+    Every process pads its ``tensor`` with zero rows to ``counts.max()`` (collectives need equal
+    shapes), so ``rows`` is ``(N * counts.max(), ...)`` and ``valid`` (same length, bool) marks the
+    real rows. With one process nothing is padded.
+    """
+    valid_local = torch.ones(len(tensor), dtype=torch.bool, device=tensor.device)
+    if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return tensor, valid_local
+    longest = int(counts.max())
+    padded = torch.nn.functional.pad(tensor, (0, 0) * (tensor.ndim - 1) + (0, longest - len(tensor)))
+    positions = torch.arange(longest, device=tensor.device)
+    valid = (positions[None, :] < counts.to(tensor.device)[:, None]).reshape(-1)
+    return all_gather_with_grad(padded, world_size), valid
+
+
+def gather_ragged_keys(keys: torch.Tensor, counts: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Integer ``keys`` of differing length per process, concatenated as :func:`all_gather_ragged_with_grad` pads."""
+    if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return keys
+    longest = int(counts.max())
+    return gather_keys(torch.nn.functional.pad(keys, (0, longest - len(keys))), world_size)

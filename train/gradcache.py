@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from train.losses import ContrastiveLoss
+from train.losses import ContrastiveLoss, loss_inputs
 
 
 class RandState:
@@ -46,7 +46,6 @@ def gradcache_backward(
     embedder: torch.nn.Module,
     batch: dict[str, torch.Tensor],
     sides: Sequence[str],
-    num_x: int,
     chunk_size: int,
     loss_weight: float,
     loss: ContrastiveLoss,
@@ -60,10 +59,9 @@ def gradcache_backward(
     Args:
         model: the (possibly DDP-wrapped) embedder, used for the replayed chunks.
         embedder: the unwrapped embedder (holds ``log_scale``), used for the graph-free pass.
-        batch: ``input_ids`` and ``attention_mask`` (2B, T): the B x-rows, then the B y-rows; optionally
-            ``x_keys`` / ``y_keys`` (B,) for the loss's false-negative mask.
+        batch: a micro-batch as :func:`train.losses.loss_inputs` reads it: ``input_ids`` and
+            ``attention_mask`` (2B + M, T) (B x-rows, B y-rows, M hard negatives), the keys (B,).
         sides: the side of each row.
-        num_x: B, the number of x-rows.
         chunk_size: rows per forward pass.
         loss_weight: 1 / accumulation steps.
         loss: the contrastive loss (gathers across processes itself).
@@ -88,10 +86,10 @@ def gradcache_backward(
             states.append(RandState())
             end = start + chunk_size
             pieces.append(embedder(input_ids[start:end], attention_mask[start:end], list(sides[start:end])))
-    cached = torch.cat(pieces).detach().requires_grad_()  # (2B, D)
+    cached = torch.cat(pieces).detach().requires_grad_()  # (2B + M, D)
 
     # Step (2): full-batch loss; gradients for the embeddings and the temperature only.
-    out = loss(cached[:num_x], cached[num_x:], embedder.logit_scale(), batch.get("x_keys"), batch.get("y_keys"))
+    out = loss(*loss_inputs(cached, batch, embedder.logit_scale()))
     embedding_grad, scale_grad = torch.autograd.grad(
         out["loss"] * loss_weight, [cached, embedder.log_scale], allow_unused=True
     )

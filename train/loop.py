@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from models import truncate_embeddings
 from pairdata import Pair
+from pairdata.trainsets import split_data_config
 from train.batching import HeldOut
 from train.checkpoint import (
     TRAINING_STATE_DIR,
@@ -39,7 +40,7 @@ from train.data import Tokenization, TrainingData, build_training_data
 from train.distributed import release_accelerator_state
 from train.freezing import train_only_top_layers
 from train.gradcache import gradcache_backward
-from train.losses import ContrastiveLoss, InfoNCE, Matryoshka, build_loss
+from train.losses import ContrastiveLoss, InfoNCE, Matryoshka, build_loss, loss_inputs
 from train.settings import TrainerSettings
 from train.tracking import MetricsFile, tracker_settings
 
@@ -143,7 +144,8 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
         model = hydra.utils.instantiate(
             cfg.model, sides=OmegaConf.to_container(tower.sides), shared_weights=tower.shared_weights
         )
-        dataset = hydra.utils.instantiate(cfg.data)
+        data_config, data_options = split_data_config(cfg.data)
+        dataset = hydra.utils.instantiate(data_config)
     tokenization = Tokenization(
         model.tokenizer, model.sides[x_side], model.sides[y_side], settings.max_length, model.padding_side
     )
@@ -151,7 +153,7 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
         dataset, tokenization, seed=cfg.seed, steps=settings.steps, batch_size=settings.batch_size,
         accum_steps=settings.grad_accum_steps, rank=rank, world_size=world, val_pairs=settings.val_pairs,
         num_workers=settings.num_workers, prefetch_factor=settings.prefetch_factor,
-        pin_memory=accelerator.device.type == "cuda",
+        pin_memory=accelerator.device.type == "cuda", num_negatives=int(data_options.get("num_negatives", 0)),
     )  # fmt: skip
 
     if settings.train_top_layers:
@@ -209,23 +211,48 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     )  # fmt: skip
 
 
+class NegativeTally:
+    """A step's hard-negative counts across its micro-batches, for the metrics log."""
+
+    def __init__(self) -> None:
+        self.counts: list[torch.Tensor] = []
+        self.dropped = 0
+
+    def add(self, micro: dict[str, torch.Tensor]) -> None:
+        if "negative_counts" in micro:
+            self.counts.append(micro["negative_counts"])
+            self.dropped += int(micro.get("negatives_dropped", 0))
+
+    def summary(self, accelerator: Any, cap: int) -> dict[str, float]:
+        """Over the global batch: ``negatives_per_row`` (mean), ``rows_short_of_negatives`` (fewer than
+        the cap) and ``negatives_equal_positive`` (dropped: the row's own positive); {} without negatives."""
+        if not self.counts:
+            return {}
+        counts = torch.cat(self.counts).to(accelerator.device)
+        local = torch.stack([counts.sum(), (counts < cap).sum(), torch.tensor(len(counts)), torch.tensor(self.dropped)])
+        total = accelerator.reduce(local.to(accelerator.device), "sum").tolist()
+        return {
+            "negatives_per_row": total[0] / total[2],
+            "rows_short_of_negatives": int(total[1]),
+            "negatives_equal_positive": int(total[3]),
+        }
+
+
 def backward_step(run: Run, micro: dict[str, torch.Tensor], last: bool) -> dict[str, torch.Tensor]:
     """Loss and gradients of one micro-batch (accumulated into ``.grad``), plain or GradCache."""
     settings, accelerator = run.settings, run.accelerator
     micro = {key: value.to(accelerator.device, non_blocking=True) for key, value in micro.items()}
     num_x = len(micro["x_keys"])
-    sides = [run.sides[0]] * num_x + [run.sides[1]] * num_x
+    sides = [run.sides[0]] * num_x + [run.sides[1]] * (len(micro["input_ids"]) - num_x)  # y's, then negatives
     if settings.gradcache_chunk:
         return gradcache_backward(
-            run.model, run.embedder, micro, sides, num_x, settings.gradcache_chunk, 1.0 / settings.grad_accum_steps,
+            run.model, run.embedder, micro, sides, settings.gradcache_chunk, 1.0 / settings.grad_accum_steps,
             run.loss, no_sync=lambda: accelerator.no_sync(run.model), autocast=accelerator.autocast, sync_last=last,
             backward=accelerator.backward,
         )  # fmt: skip
     with accelerator.no_sync(run.model) if not last else nullcontext(), accelerator.autocast():
-        embeddings = run.model(micro["input_ids"], micro["attention_mask"], sides)  # (2B, D)
-        out = run.loss(
-            embeddings[:num_x], embeddings[num_x:], run.embedder.logit_scale(), micro["x_keys"], micro["y_keys"]
-        )
+        embeddings = run.model(micro["input_ids"], micro["attention_mask"], sides)  # (2B + M, D)
+        out = run.loss(*loss_inputs(embeddings, micro, run.embedder.logit_scale()))
         accelerator.backward(out["loss"] / settings.grad_accum_steps)
     return {key: value.detach() for key, value in out.items()}
 
@@ -246,12 +273,15 @@ def train_steps(run: Run) -> dict[str, Any]:
     for step, micro_batches in enumerate(run.data.steps(run.start_step, settings.steps), start=run.start_step):
         sums: dict[str, torch.Tensor] = {}
         tokens = torch.zeros((), device=accelerator.device)
+        negatives = NegativeTally()
         for index, micro in enumerate(micro_batches):
             tokens += micro["attention_mask"].sum().to(accelerator.device)
+            negatives.add(micro)
             out = backward_step(run, micro, last=index == len(micro_batches) - 1)
             for key in ("loss", "accuracy", *(k for k in out if k.startswith("loss@"))):
                 sums[key] = sums.get(key, 0) + out[key]
         means = {key: accelerator.reduce(total / len(micro_batches), "mean").item() for key, total in sums.items()}
+        means.update(negatives.summary(accelerator, run.data.num_negatives))
         if not math.isfinite(means["loss"]):
             raise NonFiniteLossError(
                 f"loss is {means['loss']} at step {step + 1}; stopped before the weights were updated "

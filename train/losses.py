@@ -1,4 +1,10 @@
-"""cpt's contrastive objective: symmetric InfoNCE over in-batch negatives, optionally Matryoshka.
+"""cpt's contrastive objective: symmetric InfoNCE over in-batch negatives, optionally with mined
+hard negatives and Matryoshka prefixes.
+
+Hard negatives join the x -> y direction only: each x is scored against every positive and every
+hard negative of the global batch. The y -> x direction stays over the batch's x's, as cpt defines
+its symmetric loss: a hard negative is a document, not a query, so it has no place among the
+candidates for a document's query.
 
 References:
     Neelakantan et al., "Text and Code Embeddings by Contrastive Pre-Training", arXiv:2201.10005.
@@ -17,7 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from models import check_matryoshka_dims
-from train.distributed import all_gather_with_grad, gather_keys
+from train.distributed import (
+    all_gather_ragged_with_grad,
+    all_gather_with_grad,
+    gather_counts,
+    gather_keys,
+    gather_ragged_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +69,8 @@ class ContrastiveLoss(Protocol):
 
     ``x_keys`` / ``y_keys`` (optional, (B,) int64) identify each row's texts; candidates whose x or
     y text equals the row's own are false negatives and are left out of its softmax.
+    ``negatives`` (optional, (M, D)) are this process's hard negatives, any number per row (M may
+    differ between processes), with their text keys ``negative_keys`` (M,).
     """
 
     def __call__(
@@ -66,7 +80,23 @@ class ContrastiveLoss(Protocol):
         logit_scale: torch.Tensor,
         x_keys: torch.Tensor | None = None,
         y_keys: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+        negative_keys: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]: ...
+
+
+def loss_inputs(
+    embeddings: torch.Tensor, micro: dict[str, torch.Tensor], logit_scale: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
+    """A micro-batch's embeddings as the loss's positional arguments (rows: B x's, B y's, M negatives).
+
+    Without hard negatives the call is ``loss(x, y, logit_scale, x_keys, y_keys)``, as before they existed.
+    """
+    rows = len(micro["x_keys"])
+    inputs = (embeddings[:rows], embeddings[rows : 2 * rows], logit_scale, micro["x_keys"], micro["y_keys"])
+    if "negative_keys" not in micro:
+        return inputs
+    return (*inputs, embeddings[2 * rows :], micro["negative_keys"])
 
 
 def _two_way(
@@ -77,13 +107,24 @@ def _two_way(
     labels: torch.Tensor,
     scale: torch.Tensor,
     false_negatives: torch.Tensor | None = None,
+    all_negatives: torch.Tensor | None = None,
+    negatives_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, accuracy) of the x->y and y->x cross-entropies, averaged."""
+    """(loss, accuracy) of the x->y and y->x cross-entropies, averaged.
+
+    ``all_negatives`` (N*M, D) extend the x->y candidates; ``negatives_out`` (B, N*M) marks those
+    left out of a row's softmax (padding, or the row's own positive text).
+    """
     logits_xy = scale * x @ all_y.T  # (B, N*B)
     logits_yx = scale * y @ all_x.T  # (B, N*B)
     if false_negatives is not None:
         logits_xy = logits_xy.masked_fill(false_negatives, float("-inf"))
         logits_yx = logits_yx.masked_fill(false_negatives, float("-inf"))
+    if all_negatives is not None:
+        logits_hard = scale * x @ all_negatives.T  # (B, N*M)
+        if negatives_out is not None:
+            logits_hard = logits_hard.masked_fill(negatives_out, float("-inf"))
+        logits_xy = torch.cat([logits_xy, logits_hard], dim=1)  # positives first: labels unchanged
     loss = (F.cross_entropy(logits_xy, labels) + F.cross_entropy(logits_yx, labels)) / 2
     with torch.no_grad():
         hits = (logits_xy.argmax(dim=1) == labels).float().mean() + (logits_yx.argmax(dim=1) == labels).float().mean()
@@ -107,11 +148,34 @@ def false_negative_mask(
     return same if bool(same.any()) else None
 
 
+def hard_negative_candidates(
+    negatives: torch.Tensor,
+    negative_keys: torch.Tensor | None,
+    y_keys: torch.Tensor | None,
+    world_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The global batch's hard negatives ``(N*M, D)`` and the (B, N*M) mask of those a row leaves out.
+
+    Left out: the zero rows that pad a process's negatives to the longest, and a negative whose text
+    is the row's own positive. ``None`` when no process has a negative (the plain loss, exactly).
+    """
+    counts = gather_counts(len(negatives), world_size, negatives.device)  # (N,)
+    if int(counts.sum()) == 0:
+        return None
+    all_negatives, valid = all_gather_ragged_with_grad(negatives, counts, world_size)
+    out = ~valid[None, :]  # (1, N*M)
+    if negative_keys is not None and y_keys is not None:
+        all_keys = gather_ragged_keys(negative_keys, counts, world_size)
+        out = out | (y_keys[:, None] == all_keys[None, :])  # (B, N*M)
+    return all_negatives, (out if bool(out.any()) else None)
+
+
 class InfoNCE:
     """cpt's symmetric InfoNCE: cross-entropy x->y and y->x, averaged; every other pair a negative.
 
     With several processes, both sides are gathered with gradients so each process scores its
-    local rows against the global batch; labels are offset by ``rank * local_batch``.
+    local rows against the global batch; labels are offset by ``rank * local_batch``. Hard
+    negatives, when given, are gathered the same way and join the x->y candidates only.
 
     Args:
         rank: this process's index.
@@ -133,13 +197,18 @@ class InfoNCE:
         logit_scale: torch.Tensor,
         x_keys: torch.Tensor | None = None,
         y_keys: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+        negative_keys: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         local = x.shape[0]
         all_x = all_gather_with_grad(x, self.world_size)  # (N*B, D)
         all_y = all_gather_with_grad(y, self.world_size)  # (N*B, D)
         labels = torch.arange(local, device=x.device) + self.rank * local  # (B,)
         mask = false_negative_mask(x_keys, y_keys, labels, self.world_size)
-        loss, accuracy = _two_way(x, y, all_x, all_y, labels, logit_scale, mask)
+        hard = None
+        if negatives is not None:
+            hard = hard_negative_candidates(negatives, negative_keys, y_keys, self.world_size)
+        loss, accuracy = _two_way(x, y, all_x, all_y, labels, logit_scale, mask, *(hard or ()))
         return {"loss": loss, "contrastive_loss": loss, "accuracy": accuracy}
 
 
@@ -162,22 +231,25 @@ class MatryoshkaLoss:
         logit_scale: torch.Tensor,
         x_keys: torch.Tensor | None = None,
         y_keys: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+        negative_keys: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         full_size = x.shape[1]
         if full_size in self.matryoshka.dims:
-            full = self.inner(x, y, logit_scale, x_keys, y_keys)
+            full = self.inner(x, y, logit_scale, x_keys, y_keys, negatives, negative_keys)
         else:  # reported, not trained
             with torch.no_grad():
-                full = self.inner(x, y, logit_scale, x_keys, y_keys)
+                full = self.inner(x, y, logit_scale, x_keys, y_keys, negatives, negative_keys)
         out = {"contrastive_loss": full["loss"], "accuracy": full["accuracy"]}
         objective = torch.zeros((), dtype=full["loss"].dtype, device=full["loss"].device)
         for dim, weight in zip(self.matryoshka.dims, self.matryoshka.weights, strict=True):
             if dim == full_size:
                 prefix_loss = full["loss"]
             else:
-                prefix_loss = self.inner(
-                    F.normalize(x[:, :dim], dim=-1), F.normalize(y[:, :dim], dim=-1), logit_scale, x_keys, y_keys
-                )["loss"]
+                prefix = [None if t is None else F.normalize(t[:, :dim], dim=-1) for t in (x, y, negatives)]
+                prefix_loss = self.inner(prefix[0], prefix[1], logit_scale, x_keys, y_keys, prefix[2], negative_keys)[
+                    "loss"
+                ]
             objective = objective + weight * prefix_loss
             out[f"loss@{dim}"] = prefix_loss.detach()
         out["loss"] = objective
@@ -197,6 +269,7 @@ def symmetric_info_nce(
     rank: int = 0,
     world_size: int = 1,
     matryoshka: Matryoshka | None = None,
+    negatives: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """:class:`InfoNCE` (wrapped in :class:`MatryoshkaLoss` when ``matryoshka`` is given) as a function.
 
@@ -207,5 +280,6 @@ def symmetric_info_nce(
         rank: this process's index.
         world_size: number of processes sharing negatives.
         matryoshka: prefix sizes and weights, or ``None`` for the plain loss.
+        negatives: (M, D) L2-normalised hard negatives (candidates for x -> y only).
     """
-    return build_loss(rank, world_size, matryoshka)(x, y, logit_scale)
+    return build_loss(rank, world_size, matryoshka)(x, y, logit_scale, negatives=negatives)

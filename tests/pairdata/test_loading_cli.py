@@ -16,6 +16,7 @@ from pairdata.code.languages import LANGUAGES
 from pairdata.loading import load_built_pairs, read_pairs
 from pairdata.pairs import Pair
 from pairdata.text.build import build_text, folder_text_source
+from pairdata.trainsets import split_data_config
 from tests.conftest import CONFIG_DIR, compose_train_config
 from tests.pairdata.conftest import folder_specs, write_repos
 
@@ -62,7 +63,7 @@ def test_every_config_instantiates_to_datasets_of_pairs(built: Path, config: str
     from pairdata.trainsets import Mixture
 
     monkeypatch.setenv("CPT_PAIRDATA_DIR", str(built))
-    data = instantiate(compose_train_config([f"data={config}"], tmp_path).data)
+    data = instantiate(split_data_config(compose_train_config([f"data={config}"], tmp_path).data)[0])
     members = list(data.datasets.values()) if isinstance(data, Mixture) else [data]
     if config in ("code_all", "mixture"):
         assert isinstance(data, Mixture) and data.same_source_batches == (config == "mixture")
@@ -80,7 +81,7 @@ def test_config_default_data_dir_expands_user_home(monkeypatch, tmp_path: Path) 
     monkeypatch.setenv("HOME", str(tmp_path))
     cfg = OmegaConf.load(CONFIG_DIR / "data" / "code_python.yaml")
     with pytest.raises(InstantiationException) as error:  # hydra wraps the loader's FileNotFoundError
-        instantiate(cfg)
+        instantiate(split_data_config(cfg)[0])
     message = str(error.value)
     assert "python -m pairdata build code --language python" in message
     assert str(tmp_path / ".cache" / "cpt-embeddings" / "pairdata") in message

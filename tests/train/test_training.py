@@ -215,6 +215,7 @@ def test_matryoshka_training_makes_the_trained_prefix_better_than_plain_training
     from hydra.utils import instantiate
 
     from models import DecoderEmbedder
+    from pairdata.trainsets import split_data_config
     from train.loop import split_validation, validation_metrics
 
     accuracy = {}
@@ -223,7 +224,7 @@ def test_matryoshka_training_makes_the_trained_prefix_better_than_plain_training
         (tmp_path / name).mkdir()
         cfg = compose_train_config(tiny_overrides(tmp_path / name, pairs=256, steps=40, extra=extra), tmp_path / name)
         result = train(cfg, tmp_path / name / "run")
-        data = instantiate(cfg.data)
+        data = instantiate(split_data_config(cfg.data)[0])
         _, held_out = split_validation([Pair(row["x"], row["y"]) for row in data], 64, cfg.seed)
         model = DecoderEmbedder.from_pretrained(result["checkpoint"])
         xs, ys = [p.x for p in held_out], [p.y for p in held_out]
