@@ -10,6 +10,8 @@ Examples::
     python -m pairdata build all         # the six code sets, then text-neighbors and text-search
     python -m pairdata list
     python -m pairdata bench             # throughput table of the built datasets
+    python -m pairdata mine --model smollm2-135m --tower search --built text-search --out mined/round-1
+    python -m pairdata mine --model outputs/search/checkpoints/step-000400 --built text-search --out mined/round-2
 
 A complete dataset is skipped unless ``--force``; an interrupted build resumes from its
 per-source extractions. Every build writes ``DATA_DIR/NAME/manifest.json``.
@@ -118,7 +120,86 @@ def parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="throughput table (files/s, pairs/s) of built datasets")
     bench.add_argument("--data-dir", type=Path, default=default_data_dir())
+
+    mine = commands.add_parser("mine", help="mine hard negatives for a pair set (see pairdata/mining.py)")
+    mine.add_argument("--model", required=True, help="our checkpoint or export, a sentence-transformers folder, "
+                      "or with --tower a pretrained decoder (name or folder), untrained")  # fmt: skip
+    mine.add_argument("--tower", help="with an untrained decoder: the tower whose delimiters to add (configs/tower)")
+    mine.add_argument("--sides", help="x,y sides of our model (default: the tower's pair sides, or its first two)")
+    source = mine.add_mutually_exclusive_group(required=True)
+    source.add_argument("--built", help="a set built by `pairdata build` (e.g. text-search)")
+    source.add_argument("--data", help="pair files, folder or glob (JSONL / Parquet / CSV / Arrow)")
+    mine.add_argument("--split", default="train", help="with --built: the split")
+    mine.add_argument("--columns", type=_columns, default=None, help="with --data: e.g. x=query,y=positive")
+    mine.add_argument("--corpus", help="candidate texts from these files instead of the set's own y's")
+    mine.add_argument("--corpus-column", default="text")
+    mine.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes it)")
+    mine.add_argument("--num-negatives", type=int, default=7)
+    mine.add_argument(
+        "--range-min", type=int, default=0, help="skip the top N candidates (likely unlabelled positives)"
+    )
+    mine.add_argument("--range-max", type=int, default=100, help="consider only the top N candidates")
+    mine.add_argument("--absolute-margin", type=float, default=None, help="keep if score <= positive - margin")
+    mine.add_argument("--relative-margin", type=float, default=None, help="keep if score <= positive * (1 - margin)")
+    mine.add_argument("--max-score", type=float, default=None, help="keep if score <= this")
+    mine.add_argument("--sampling", choices=["top", "random"], default="top")
+    mine.add_argument("--seed", type=int, default=0)
+    mine.add_argument("--max-length", type=int, default=256)
+    mine.add_argument("--batch-size", type=int, default=32)
+    mine.add_argument("--query-block", type=int, default=4096, help="rows searched (and written) per part")
+    mine.add_argument("--limit", type=int, default=None, help="mine only the first N rows")
+    mine.add_argument("--data-dir", type=Path, default=default_data_dir())
+    mine.add_argument("--benchmark-dir", type=Path, default=default_benchmark_dir(),
+                      help="candidates holding a benchmark text are never used (the shared/data folder)")  # fmt: skip
+    mine.add_argument("--no-benchmark-check", action="store_true", help="skip the benchmark check of candidates")
+    mine.add_argument("--quiet", action="store_true", help="no progress bars")
     return top
+
+
+def _columns(text: str) -> dict[str, str]:
+    try:
+        return dict(item.split("=", 1) for item in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected e.g. x=query,y=positive, got {text!r}") from None
+
+
+def run_mine(args: argparse.Namespace, command: str) -> dict:
+    from pairdata.mining import MiningFilters, load_corpus, load_encoder, mine
+    from pairdata.trainsets import built, load_files
+
+    filters = MiningFilters(
+        num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
+        absolute_margin=args.absolute_margin, relative_margin=args.relative_margin, max_score=args.max_score,
+        sampling=args.sampling, seed=args.seed,
+    )  # fmt: skip
+    if args.built:
+        dataset = built(args.built, args.split, str(args.data_dir), limit=args.limit)
+        label = f"{args.built}/{args.split}"
+    else:
+        dataset = load_files(args.data, columns=args.columns, limit=args.limit)
+        label = args.data
+    dataset = dataset.select_columns(["x", "y"])
+    corpus = load_corpus(args.corpus, args.corpus_column) if args.corpus else None
+    leakage = None
+    if not args.no_benchmark_check:
+        from pairdata.leakage import benchmark_index
+
+        leakage = benchmark_index(args.benchmark_dir)
+    sides = args.sides.split(",") if args.sides else None
+    encoder = load_encoder(args.model, args.tower, sides, args.max_length, args.batch_size)
+    manifest = mine(
+        dataset, encoder, args.out, filters, corpus=corpus, corpus_column=args.corpus_column,
+        leakage=leakage, query_block=args.query_block, show_progress=not args.quiet, command=command,
+        source_label=label,
+    )  # fmt: skip
+    counts = manifest["counts"]
+    print(
+        f"{args.out}: {counts['rows']} rows, {counts['negatives']} negatives "
+        f"({counts['rows_short']} rows with fewer than {filters.num_negatives}); pool {manifest['pool']['texts']} "
+        f"texts ({manifest['pool']['leaked_removed']} removed as benchmark text); dropped {counts['dropped']}; "
+        f"{manifest['seconds']}"
+    )
+    return manifest
 
 
 def _benchmark_index(args: argparse.Namespace):
@@ -296,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         from pairdata.bench import print_table
 
         print_table(args.data_dir)
+        return 0
+    if args.command == "mine":
+        run_mine(args, command="python -m pairdata " + shlex.join(argv))
         return 0
     try:
         run_build(args, command="python -m pairdata " + shlex.join(argv))
