@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,6 +283,31 @@ def drop_validation_errors(document: dict[str, Any]) -> None:
         document.get("components", {}).get("schemas", {}).pop(name, None)
 
 
+def check_characters(texts: Sequence[str], max_chars_per_token: int) -> None:
+    """Refuse, before tokenizing, an input or a request whose characters could not fit in the token limits."""
+    total = 0
+    for i, text in enumerate(texts):
+        if not text:
+            raise OpenAIError(400, f"input[{i}] is an empty string", param="input", code="empty_input")
+        if len(text) > MAX_TOKENS_PER_ITEM * max_chars_per_token:
+            raise OpenAIError(
+                400,
+                f"input[{i}] has {len(text)} characters: more than {MAX_TOKENS_PER_ITEM} tokens, the most allowed "
+                f"per input (no token of this model covers more than {max_chars_per_token} characters)",
+                param="input",
+                code="context_length_exceeded",
+            )
+        total += len(text)
+    if total > MAX_TOKENS_PER_REQUEST * max_chars_per_token:
+        raise OpenAIError(
+            400,
+            f"the request has {total} characters: more than {MAX_TOKENS_PER_REQUEST} tokens, the most allowed per "
+            "request",
+            param="input",
+            code="max_tokens_per_request",
+        )
+
+
 async def _token_bodies(value: str | list, served: EmbeddingEngine) -> list[list[int]]:
     """The request's inputs as body token ids, checked against the limits in :mod:`serve.schemas`."""
     if isinstance(value, str):
@@ -296,11 +321,9 @@ async def _token_bodies(value: str | list, served: EmbeddingEngine) -> list[list
             400, f"input has {len(value)} items; at most {MAX_ITEMS} are allowed", param="input", code="too_many_items"
         )
     if isinstance(value[0], str):
-        for i, text in enumerate(value):
-            if not text:
-                raise OpenAIError(400, f"input[{i}] is an empty string", param="input", code="empty_input")
+        check_characters(value, served.max_chars_per_token)
         try:
-            bodies = await asyncio.to_thread(served.tokenize, value)
+            bodies = await asyncio.to_thread(served.tokenize, value, MAX_TOKENS_PER_REQUEST)
         except (TypeError, ValueError) as exc:  # a fast tokenizer's TypeError, a slow one's UnicodeError
             logger.warning("the tokenizer refused a request's input: %s", exc)
             raise OpenAIError(
@@ -330,9 +353,10 @@ async def _token_bodies(value: str | list, served: EmbeddingEngine) -> list[list
             )
         total += len(ids)
     if total > MAX_TOKENS_PER_REQUEST:
+        counted = "" if len(bodies) == len(value) else f"at least (counted in its first {len(bodies)} inputs) "
         raise OpenAIError(
             400,
-            f"the request has {total} tokens; at most {MAX_TOKENS_PER_REQUEST} are allowed per request",
+            f"the request has {counted}{total} tokens; at most {MAX_TOKENS_PER_REQUEST} are allowed per request",
             param="input",
             code="max_tokens_per_request",
         )

@@ -1,8 +1,10 @@
 """Micro-batching: rows from concurrent requests are queued and run through the model together.
 
-One asyncio worker task takes the oldest queued row, then keeps collecting rows (oldest first)
-until the padded batch would exceed ``max_batch_tokens`` (rows x longest row), ``max_batch_size``
-rows are taken, or ``max_wait_ms`` has passed since that first row was taken. The batch runs in a
+One asyncio worker task collects rows until the padded batch would exceed ``max_batch_tokens``
+(rows x longest row), ``max_batch_size`` rows are taken, or ``max_wait_ms`` has passed since its
+first row was taken. Rows are taken one request at a time in turn (each request's rows in order),
+so a small request that arrives while a 2048-input one is being processed joins the next batch
+instead of waiting behind all of its rows. The batch runs in a
 single-thread executor, so the event loop keeps accepting requests while the model works and
 rows that arrive meanwhile form the next batch. A row longer than ``max_batch_tokens`` runs alone.
 
@@ -77,7 +79,7 @@ class MicroBatcher(Generic[Row, Result]):
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_batch_size = max_batch_size
         self.stats = BatchStats()
-        self._queue: deque[_Pending[Row]] = deque()
+        self._requests: deque[deque[_Pending[Row]]] = deque()  # one queue per request, served in turn
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -112,7 +114,7 @@ class MicroBatcher(Generic[Row, Result]):
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return sum(len(rows) for rows in self._requests)
 
     # ---- submission ---------------------------------------------------------------------------
 
@@ -123,7 +125,8 @@ class MicroBatcher(Generic[Row, Result]):
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         pending = [_Pending(row, self._length_of(row), loop.create_future()) for row in rows]
-        self._queue.extend(pending)
+        if pending:
+            self._requests.append(deque(pending))
         self._wakeup.set()
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
@@ -138,7 +141,7 @@ class MicroBatcher(Generic[Row, Result]):
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            if not self._head():
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -164,23 +167,32 @@ class MicroBatcher(Generic[Row, Result]):
                 if not p.future.done():
                     p.future.set_result(result)
 
+    def _head(self) -> deque[_Pending[Row]] | None:
+        """The queue of the request whose turn it is, with its cancelled rows dropped; None when all are empty."""
+        while self._requests:
+            rows = self._requests[0]
+            while rows and rows[0].future.done():  # cancelled by its request
+                rows.popleft()
+            if rows:
+                return rows
+            self._requests.popleft()
+        return None
+
     async def _collect(self) -> list[_Pending[Row]]:
-        """Take rows oldest first within the token and size budgets, waiting up to ``max_wait_ms``."""
+        """Take rows, a request at a time in turn, within the token and size budgets, waiting up to ``max_wait_ms``."""
         assert self._wakeup is not None
         batch: list[_Pending[Row]] = []
         longest = 0
         deadline = time.monotonic() + self.max_wait_s
         while True:
-            while self._queue:
-                head = self._queue[0]
-                if head.future.done():  # cancelled by its request
-                    self._queue.popleft()
-                    continue
+            while (rows := self._head()) is not None:
+                head = rows[0]
                 width = max(longest, head.length)
                 if batch and (width * (len(batch) + 1) > self.max_batch_tokens or len(batch) >= self.max_batch_size):
                     return batch
-                batch.append(self._queue.popleft())
+                batch.append(rows.popleft())
                 longest = width
+                self._requests.rotate(-1)  # the next request's turn
             remaining = deadline - time.monotonic()
             if self._closing or remaining <= 0 or not batch:
                 return batch

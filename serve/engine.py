@@ -7,11 +7,13 @@ text-similarity tower). Rows are ``(side, delimited token ids)``; a batch may mi
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,7 +59,10 @@ class EmbeddingEngine:
         self.matryoshka_dims = model.matryoshka_dims  # sizes the model was trained for (None: full only)
         self._delimiters = {side: delimiter_ids(self.tokenizer, model.sides[side]) for side in model.side_names}
         self._pad_id = pad_id_of(self.tokenizer)
-        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to call from two threads
+        # A fast tokenizer's Rust state is borrowed mutably on every call, so two threads may not share
+        # one ("Already borrowed"); each thread tokenizes with its own copy instead of waiting on a lock.
+        self._thread_tokenizers = threading.local()
+        self.max_chars_per_token = max_chars_per_token(self.tokenizer)
         self.model_names: dict[str, str] = {f"{name}-{side}": side for side in model.side_names}
         if len(model.side_names) == 1:
             self.model_names[name] = model.side_names[0]
@@ -79,10 +84,25 @@ class EmbeddingEngine:
     def side_of(self, model_name: str) -> str | None:
         return self.model_names.get(model_name)
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Body token ids of each text, untruncated (so request limits see the real length)."""
-        with self._tokenizer_lock:
-            return body_ids(self.tokenizer, texts)
+    def tokenize(self, texts: Sequence[str], stop_after_tokens: int | None = None) -> list[list[int]]:
+        """Body token ids of each text, untruncated (so request limits see the real length).
+
+        Texts are tokenized in chunks of :data:`TOKENIZE_CHUNK`; with ``stop_after_tokens``, no
+        further chunk is tokenized once the ids so far exceed it (the request is over its limit
+        anyway), so the bodies returned may be fewer than the texts.
+        """
+        tokenizer = getattr(self._thread_tokenizers, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._thread_tokenizers.tokenizer = copy.deepcopy(self.tokenizer)
+        bodies: list[list[int]] = []
+        total = 0
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            chunk = body_ids(tokenizer, texts[start : start + TOKENIZE_CHUNK])
+            bodies += chunk
+            total += sum(len(ids) for ids in chunk)
+            if stop_after_tokens is not None and total > stop_after_tokens:
+                break
+        return bodies
 
     def row(self, side: str, body: Sequence[int]) -> Row:
         open_id, close_id = self._delimiters[side]
@@ -117,6 +137,22 @@ class EmbeddingEngine:
 
 PADDING_SLACK = 1.25
 PRECISIONS = ("fp32", "bf16")
+TOKENIZE_CHUNK = 64  # texts per tokenizer call: the granularity of stopping a request that is over its limit
+
+
+def max_chars_per_token(tokenizer: Any) -> int:
+    """An upper bound on the characters of input one token can stand for.
+
+    The longest decoded vocabulary entry; times 4 when the tokenizer normalises its input first
+    (NFC, for one, can fold two characters into one before they are matched). A text longer than
+    ``limit x`` this has more than ``limit`` tokens, whatever they are, so it can be refused
+    before it is tokenized.
+    """
+    vocabulary = tokenizer.get_vocab()
+    longest = max(len(tokenizer.convert_tokens_to_string([token])) for token in vocabulary)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizes = backend is None or backend.normalizer is not None
+    return max(1, longest) * (4 if normalizes else 1)
 
 
 def length_chunks(lengths: Sequence[int], slack: float = PADDING_SLACK) -> list[list[int]]:

@@ -282,3 +282,38 @@ def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         build_engine(precision="fp16")
     assert parse_args(["--model", "m", "--precision", "bf16"]).precision == "bf16"
+
+
+def test_text_certainly_over_a_limit_is_refused_before_it_is_tokenized(engine, monkeypatch):
+    app = create_app(Settings(), engine=engine)
+    calls = []
+    monkeypatch.setattr(engine, "tokenize", lambda *a, **k: calls.append(1) or [[5]])
+    huge = "a" * (MAX_TOKENS_PER_ITEM * engine.max_chars_per_token + 1)
+    assert_error(post(app, {"input": huge, "model": f"{NAME}-doc"}), 400, "context_length_exceeded")
+    many = ["b" * (MAX_TOKENS_PER_ITEM * engine.max_chars_per_token)] * (
+        MAX_TOKENS_PER_REQUEST // MAX_TOKENS_PER_ITEM + 1
+    )
+    assert_error(post(app, {"input": many, "model": f"{NAME}-doc"}), 400, "max_tokens_per_request")
+    assert calls == []
+
+
+def test_a_request_over_the_token_limit_stops_tokenizing_early(engine):
+    from serve.engine import TOKENIZE_CHUNK
+
+    text = " ".join(["sorting"] * 187)  # 1.5 KB: 2048 of them pass the character bound, not the 300,000 tokens
+    bodies = engine.tokenize([text] * MAX_ITEMS, stop_after_tokens=MAX_TOKENS_PER_REQUEST)
+    assert len(bodies) < MAX_ITEMS and len(bodies) % TOKENIZE_CHUNK == 0
+    assert sum(map(len, bodies)) > MAX_TOKENS_PER_REQUEST
+    response = post(create_app(Settings(), engine=engine), {"input": [text] * MAX_ITEMS, "model": f"{NAME}-doc"})
+    assert_error(response, 400, "max_tokens_per_request")
+    assert "at least" in response.json()["error"]["message"]
+
+
+def test_threads_tokenize_at_once_with_the_same_ids(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"{word} number {i}" for i, word in enumerate(TEXTS * 200)]
+    want = engine.tokenize(texts)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: engine.tokenize(texts), range(16)))
+    assert all(result == want for result in results)
