@@ -226,3 +226,15 @@ def test_two_processes_equal_one_process_with_negatives(tmp_path, chunk: str) ->
     assert two.returncode == 0, two.stderr[-3000:]
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     assert_same_weights(final_weights(tmp_path / "two", 3), final_weights(tmp_path / "one", 3), atol=1e-5)
+
+
+def test_a_streamed_set_trains_with_its_negatives(tmp_path) -> None:
+    import pandas as pd
+
+    rows = [json.loads(line) for line in write_with_negatives(tmp_path / "with.jsonl", 16).open()]
+    pd.DataFrame(rows).to_parquet(tmp_path / "with.parquet")
+    extra = ("data=files", f"data.path={tmp_path / 'with.parquet'}", "data.streaming=true", "trainer.val_pairs=0",
+             "trainer.steps=2", "trainer.batch_size=16", "data.num_negatives=2")  # fmt: skip
+    train(compose_train_config([*overrides(tmp_path / "unused.jsonl"), *extra], tmp_path), tmp_path / "run")
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["negatives_per_row"] == pytest.approx(1.25) and first["rows_short_of_negatives"] == 8
