@@ -324,7 +324,7 @@ def prepare(
     if limit is not None and limit < 1:
         raise ValueError(f"data.limit must be a positive integer or null, got {limit}")
     columns = dict(columns or {})
-    if columns.get("negatives") is not None and dataset.column_names is not None:
+    if columns_named(columns, "negatives") and dataset.column_names is not None:
         dataset, columns["negatives"] = pack_negatives(dataset, label, columns["negatives"])
     mapping = resolve_columns(columns)
     available = dataset.column_names  # None for some streamed sets (unknown until read)
@@ -427,8 +427,9 @@ def resolve_columns(columns: Mapping[str, str | None] | None) -> dict[str, str]:
 
 
 def columns_named(columns: Mapping[str, str | None] | None, ours: str) -> bool:
-    """Whether the user's column map names ``ours`` explicitly (then the column must exist)."""
-    return bool(columns) and columns.get(ours) is not None
+    """Whether the column map names a column of the set for ``ours`` (then it must exist); mapping an
+    optional column to its own name (``negatives: negatives``, the configs' default) means "if present"."""
+    return bool(columns) and columns.get(ours) is not None and columns.get(ours) != ours
 
 
 def check_rows(dataset: datasets.Dataset, label: str, mapping: Mapping[str, str] | None = None) -> None:
