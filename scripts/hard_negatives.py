@@ -67,9 +67,9 @@ def train(work: Path, name: str, args: argparse.Namespace) -> Path:
     checkpoint = final_checkpoint(run_dir)
     if checkpoint is not None:
         return checkpoint
-    command = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "train/contrastive.py", "experiment=search", "resume=auto", "logging=none",
-               f"hydra.run.dir={run_dir}"]  # fmt: skip
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "train/contrastive.py", "experiment=search",
+               "resume=auto", "logging=none", f"hydra.run.dir={run_dir}"]  # fmt: skip
     if name != "none":
         command += ["data=mined", f"data.path={work / f'mined-{name}'}", f"data.num_negatives={args.negatives}"]
     seconds = run_logged(command, work / "logs" / f"train-{name}.log")

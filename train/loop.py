@@ -198,10 +198,12 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
         trainable = sum(p.numel() for p in embedder.parameters() if p.requires_grad)
         total = sum(p.numel() for p in embedder.parameters())
         logger.info(
-            "training %s on %s pairs (%s): steps %d..%d x %d pairs (%d processes), %d negatives per item; "
+            "training %s on %s pairs (%s): steps %d..%d x %d pairs (%d processes), %d in-batch negatives per item%s; "
             "%d of %d parameters trainable",
             cfg.name, "a stream of" if data.train_rows is None else data.train_rows, ", ".join(data.names),
-            start_step + 1, settings.steps, data.global_batch, world, settings.batch_size * world - 1, trainable, total,
+            start_step + 1, settings.steps, data.global_batch, world, settings.batch_size * world - 1,
+            f" + up to {data.num_negatives} hard negatives per row (x -> y)" if data.num_negatives else "",
+            trainable, total,
         )  # fmt: skip
     return Run(
         cfg=cfg, settings=settings, output_dir=output_dir, accelerator=accelerator, model=model, embedder=embedder,
