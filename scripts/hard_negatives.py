@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-RUNS = ("none", "round-1", "round-2")
+RUNS = ("untrained", "none", "round-1", "round-2")
 
 
 def run_logged(command: list[str], log: Path) -> float:
@@ -79,8 +79,18 @@ def train(work: Path, name: str, args: argparse.Namespace) -> Path:
     return checkpoint
 
 
-def score(checkpoint: Path, max_length: int) -> dict[str, float]:
-    """MRR and top-1 of each valid query against every distinct valid document."""
+def untrained_model():
+    """SmolLM2-135M with the search tower's delimiters, before any step (what round 1 mines with)."""
+    from omegaconf import OmegaConf
+
+    from models import DecoderEmbedder
+
+    tower = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "tower" / "search.yaml"))
+    return DecoderEmbedder.build(pretrained="smollm2-135m", sides=tower["sides"], seed=0)
+
+
+def score(checkpoint: Path | None, max_length: int) -> dict[str, float]:
+    """MRR and top-1 of each valid query against every distinct valid document (``None``: the untrained decoder)."""
     import torch
 
     from models import DecoderEmbedder
@@ -89,7 +99,7 @@ def score(checkpoint: Path, max_length: int) -> dict[str, float]:
     valid = built("text-search", "valid")
     documents = sorted(set(valid["y"]))
     position = {text: i for i, text in enumerate(documents)}
-    model = DecoderEmbedder.from_pretrained(checkpoint)
+    model = untrained_model() if checkpoint is None else DecoderEmbedder.from_pretrained(checkpoint)
     with torch.inference_mode():
         queries = model.encode(valid["x"], "query", batch_size=32, max_length=max_length)
         docs = model.encode(documents, "doc", batch_size=32, max_length=max_length)
@@ -116,7 +126,7 @@ def report(work: Path, args: argparse.Namespace) -> str:
         row = results.get(name)
         if not row:
             continue
-        lines.append(f"| {name} | {miners[name]} | {row.get('mining_s', '-')} | {row['training_s']} | "
+        lines.append(f"| {name} | {miners[name]} | {row.get('mining_s', '-')} | {row.get('training_s', '-')} | "
                      f"{row.get('held_out', '-')} | {row['mrr']} | {row['top1']} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -143,6 +153,11 @@ def main() -> None:
     if not args.report_only:
         results = json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
         for name in args.runs:
+            if name == "untrained":
+                if name not in results:
+                    results[name] = score(None, args.max_length)
+                    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                continue
             if name == "round-1":
                 mine(work, name, ["--model", "smollm2-135m", "--tower", "search"], args)
             if name == "round-2":
