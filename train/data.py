@@ -447,7 +447,7 @@ def report_negative_counts(sources: Sequence[Source], cap: int) -> dict[str, dic
         short = int(histogram[:cap].sum())
         logger.info(
             "%s: hard negatives per row (capped at %d) %s; %d of %d rows have fewer than %d",
-            source.name, cap, report[source.name], short, len(counts), cap, cap,
+            source.name, cap, report[source.name], short, len(counts), cap,
         )  # fmt: skip
         if short == len(counts):
             logger.warning("%s: no row has %d hard negatives (see data.columns.negatives)", source.name, cap)

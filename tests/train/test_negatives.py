@@ -238,3 +238,18 @@ def test_a_streamed_set_trains_with_its_negatives(tmp_path) -> None:
     train(compose_train_config([*overrides(tmp_path / "unused.jsonl"), *extra], tmp_path), tmp_path / "run")
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["negatives_per_row"] == pytest.approx(1.25) and first["rows_short_of_negatives"] == 8
+
+
+def test_the_start_log_counts_rows_by_their_negatives(caplog) -> None:
+    import datasets
+
+    from train.batching import HeldOut
+    from train.data import Source, report_negative_counts
+
+    dataset = datasets.Dataset.from_dict(
+        {"x": ["a", "b", "c"], "y": ["d", "e", "f"], "negatives": [["g"], [], ["h", "i"]]}
+    )
+    with caplog.at_level("INFO", logger="train.data"):
+        report = report_negative_counts([Source("set", dataset, HeldOut(3, 0, 0))], cap=2)
+    assert report == {"set": {0: 1, 1: 1, 2: 1}}
+    assert "set: hard negatives per row (capped at 2) {0: 1, 1: 1, 2: 1}; 2 of 3 rows have fewer than 2" in caplog.text
