@@ -118,6 +118,7 @@ def report(work: Path, args: argparse.Namespace) -> str:
              "| negatives | mined by | mining: s | training: s | held-out loss | text-search valid MRR | top-1 |",
              "|---|---|---:|---:|---|---:|---:|"]  # fmt: skip
     miners = {
+        "untrained": "(not trained: the decoder with the search delimiters)",
         "none": "-",
         "round-1": "untrained SmolLM2-135M + search delimiters",
         "round-2": "search tower (no negatives)",
