@@ -108,8 +108,9 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(tmp_path) -> No
     reference = launch([*common, f"hydra.run.dir={tmp_path / 'reference'}"], processes=1)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    run = tmp_path / "killed"
-    command = [sys.executable, "train/contrastive.py", *common, f"hydra.run.dir={run}"]
+    run = tmp_path / "killed"  # killed and resumed with DataLoader workers: they must change nothing
+    workers = ["trainer.num_workers=2"]
+    command = [sys.executable, "train/contrastive.py", *common, *workers, f"hydra.run.dir={run}"]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not (run / "checkpoints" / "step-000100" / "trainer_state.json").is_file():
@@ -119,7 +120,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(tmp_path) -> No
     process.wait()
     assert not (run / "checkpoints" / "step-000400").exists(), "killed too late to test anything"
 
-    resumed = launch([*common, f"hydra.run.dir={run}", "resume=auto"], processes=1)
+    resumed = launch([*common, *workers, f"hydra.run.dir={run}", "resume=auto"], processes=1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     left, right = final_weights(run, 400), final_weights(tmp_path / "reference", 400)
