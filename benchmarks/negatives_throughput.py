@@ -21,7 +21,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import train_throughput as peer  # noqa: E402  (compose, backbone_folder, model_overrides)
+import train_throughput as peer  # noqa: E402  (compose, backbone_folder, model_overrides, the ST timing)
 
 
 def write_rows(path: Path, most: int, data_dir: Path, rows: int = 2000) -> Path:
@@ -65,41 +64,12 @@ def ours_seconds(model: str, path: Path, k: int, batch: int, length: int, steps:
 def theirs_seconds(folder: str, path: Path, k: int, batch: int, length: int, steps: int, work: Path) -> float:
     import pandas as pd
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from sentence_transformers.training_args import SentenceTransformerTrainingArguments
-    from transformers import TrainerCallback
 
     frame = pd.read_parquet(path)
     columns = {"anchor": frame["query"], "positive": frame["positive"]}
     columns.update({f"negative_{j}": frame[f"negative_{j}"] for j in range(1, k + 1)})
     dataset = Dataset.from_dict({name: list(values) for name, values in columns.items()})
-    transformer = Transformer(folder, max_seq_length=length)
-    if transformer.tokenizer.pad_token is None:
-        transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
-    pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
-    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
-    durations: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            durations.append(time.perf_counter() - self.started)
-
-    arguments = SentenceTransformerTrainingArguments(
-        output_dir=str(work), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-4,
-        warmup_steps=0, report_to="none", save_strategy="no", logging_steps=steps, use_cpu=True, seed=0,
-        dataloader_drop_last=True,
-    )  # fmt: skip
-    trainer = SentenceTransformerTrainer(
-        model=model, args=arguments, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model),
-        callbacks=[StepTimer()],
-    )  # fmt: skip
-    trainer.train()
-    return statistics.median(durations[1:])
+    return peer.sentence_transformers_seconds(folder, dataset, batch, length, steps, work, loss="mnrl")
 
 
 def main() -> None:

@@ -112,11 +112,14 @@ def sentence_transformers_seconds_per_step(
     return sentence_transformers_seconds(folder, dataset, batch, max_length, steps, work)
 
 
-def sentence_transformers_seconds(folder: str, dataset, batch: int, max_length: int, steps: int, work: Path) -> float:
-    """Median s/step (after the first) of ``SentenceTransformerTrainer`` + MNSRL on ``dataset``
-    (columns ``anchor``, ``positive``), last-token pooling over the decoder folder, fp32, CPU."""
+def sentence_transformers_seconds(
+    folder: str, dataset, batch: int, max_length: int, steps: int, work: Path, loss: str = "symmetric"
+) -> float:
+    """Median s/step (after the first) of ``SentenceTransformerTrainer`` on ``dataset`` (columns
+    ``anchor``, ``positive`` and any ``negative_*``), last-token pooling over the decoder folder,
+    fp32, CPU; ``loss``: ``symmetric`` (MNSRL) or ``mnrl`` (MultipleNegativesRankingLoss)."""
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers.losses import MultipleNegativesSymmetricRankingLoss
+    from sentence_transformers.losses import MultipleNegativesRankingLoss, MultipleNegativesSymmetricRankingLoss
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from sentence_transformers.training_args import SentenceTransformerTrainingArguments
     from transformers import TrainerCallback
@@ -142,7 +145,8 @@ def sentence_transformers_seconds(folder: str, dataset, batch: int, max_length: 
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(
         model=model, args=arguments, train_dataset=dataset,
-        loss=MultipleNegativesSymmetricRankingLoss(model), callbacks=[StepTimer()],
+        loss=(MultipleNegativesSymmetricRankingLoss if loss == "symmetric" else MultipleNegativesRankingLoss)(model),
+        callbacks=[StepTimer()],
     )  # fmt: skip
     trainer.train()
     return statistics.median(durations[1:])

@@ -18,30 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-RUNS = ("untrained", "none", "round-1", "round-2")
+from scripts.towers import run_logged as towers_run_logged  # noqa: E402
 
 
 def run_logged(command: list[str], log: Path) -> float:
-    print("$ " + " ".join(command), flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    with log.open("w") as handle:
-        result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
-    seconds = time.time() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"exit {result.returncode} after {seconds:.0f} s: see {log}")
-    print(f"  done in {seconds:.0f} s", flush=True)
-    return seconds
+    return towers_run_logged(command, log, dry_run=False)
+
+
+RUNS = ("untrained", "none", "round-1", "round-2")
 
 
 def final_checkpoint(run_dir: Path) -> Path | None:

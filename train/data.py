@@ -61,9 +61,14 @@ class Tokenization:
     padding_side: str
 
     def micro_batch(
-        self, xs: Sequence[str], ys: Sequence[str], negatives: Sequence[Sequence[str]] | None = None
+        self,
+        xs: Sequence[str],
+        ys: Sequence[str],
+        negatives: Sequence[Sequence[str]] | None = None,
+        dropped: Sequence[int] = (),
     ) -> MicroBatch:
-        """Rows ``xs``, then ``ys``, then every row's ``negatives`` (encoded as the y side)."""
+        """Rows ``xs``, then ``ys``, then every row's ``negatives`` (encoded as the y side); ``dropped``:
+        how many of each row's negatives :meth:`NegativeChoice.pick` left out for being its positive."""
         flat = [] if negatives is None else [text for row in negatives for text in row]
         sides = [self.x_side] * len(xs) + [self.y_side] * (len(ys) + len(flat))
         batch = encode_delimited(self.tokenizer, [*xs, *ys, *flat], sides, self.max_length, self.padding_side)
@@ -72,6 +77,7 @@ class Tokenization:
         if negatives is not None:
             batch["negative_keys"] = text_keys(flat)
             batch["negative_counts"] = torch.tensor([len(row) for row in negatives], dtype=torch.int64)
+            batch["negatives_dropped"] = torch.tensor(sum(dropped))
         return batch
 
 
@@ -177,11 +183,7 @@ class StepDataset(torch.utils.data.Dataset):
             return [self.tokenization.micro_batch(xs[part], ys[part]) for part in self.slices]
         assert self.negatives is not None
         chosen, dropped = self.negatives.pick(ys, negatives, step)  # over the global batch: any process count
-        micro = []
-        for part in self.slices:
-            micro.append(self.tokenization.micro_batch(xs[part], ys[part], chosen[part]))
-            micro[-1]["negatives_dropped"] = torch.tensor(sum(dropped[part]))
-        return micro
+        return [self.tokenization.micro_batch(xs[part], ys[part], chosen[part], dropped[part]) for part in self.slices]
 
 
 class StreamSteps:
@@ -248,8 +250,7 @@ class StreamSteps:
                         micro.append(self.tokenization.micro_batch(xs, ys))
                         continue
                     chosen, dropped = self.negatives.pick(ys, [r.get("negatives") for r in chunk], key)
-                    micro.append(self.tokenization.micro_batch(xs, ys, chosen))
-                    micro[-1]["negatives_dropped"] = torch.tensor(sum(dropped))
+                    micro.append(self.tokenization.micro_batch(xs, ys, chosen, dropped))
                 state = {"epoch": self.epoch, "rows_read": self.rows_read, "dataset": self.dataset.state_dict()}
                 out.put((micro, state))
         except BaseException as error:  # surfaced in the training process's thread

@@ -6,6 +6,11 @@ from __future__ import annotations
 import torch
 
 
+def _several(world_size: int) -> bool:
+    """Whether there are other processes to gather from (not with one process or no process group)."""
+    return world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def all_gather_with_grad(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenate ``tensor`` from every process along dim 0, keeping the autograd graph.
 
@@ -14,7 +19,7 @@ def all_gather_with_grad(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     of every process's copy; with DDP's averaging of parameter gradients this makes the update
     equal to single-process training on the concatenated batch.
     """
-    if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if not _several(world_size):
         return tensor
     from torch.distributed.nn.functional import all_gather
 
@@ -35,7 +40,7 @@ def release_accelerator_state() -> None:
 
 def gather_keys(keys: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenate integer ``keys`` (e.g. text hashes) from every process along dim 0, without gradients."""
-    if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if not _several(world_size):
         return keys
     parts = [torch.empty_like(keys) for _ in range(world_size)]
     torch.distributed.all_gather(parts, keys.contiguous())
@@ -56,9 +61,8 @@ def all_gather_ragged_with_grad(
     shapes), so ``rows`` is ``(N * counts.max(), ...)`` and ``valid`` (same length, bool) marks the
     real rows. With one process nothing is padded.
     """
-    valid_local = torch.ones(len(tensor), dtype=torch.bool, device=tensor.device)
-    if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return tensor, valid_local
+    if not _several(world_size):
+        return tensor, torch.ones(len(tensor), dtype=torch.bool, device=tensor.device)
     longest = int(counts.max())
     padded = torch.nn.functional.pad(tensor, (0, 0) * (tensor.ndim - 1) + (0, longest - len(tensor)))
     positions = torch.arange(longest, device=tensor.device)
@@ -68,7 +72,7 @@ def all_gather_ragged_with_grad(
 
 def gather_ragged_keys(keys: torch.Tensor, counts: torch.Tensor, world_size: int) -> torch.Tensor:
     """Integer ``keys`` of differing length per process, concatenated as :func:`all_gather_ragged_with_grad` pads."""
-    if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if not _several(world_size):
         return keys
     longest = int(counts.max())
     return gather_keys(torch.nn.functional.pad(keys, (0, longest - len(keys))), world_size)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pairdata import DataFormatError
 from pairdata.trainsets import load_files
 from tests.conftest import compose_train_config
-from tests.train.test_scale import assert_same_weights, final_weights, launch, losses
+from tests.train.test_scale import assert_same_weights, final_weights, losses, run_one_and_two_processes
 from tests.train.test_training import write_pairs
 from train.data import NegativeChoice
 from train.loop import train
@@ -217,13 +217,7 @@ def test_two_processes_equal_one_process_with_negatives(tmp_path, chunk: str) ->
     # rows carry 0..3 negatives, so the two processes hold different numbers of them in a step
     data = write_with_negatives(tmp_path / "with.jsonl", 24)
     common = [*overrides(data, "trainer.steps=3", "data.num_negatives=3"), "trainer.matryoshka_dims=[8,32]"]
-    one = launch([*common, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"], processes=1)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = launch(
-        [*common, "trainer.batch_size=4", f"trainer.gradcache_chunk={chunk}", f"hydra.run.dir={tmp_path / 'two'}"],
-        processes=2,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_one_and_two_processes(tmp_path, common, chunk)
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     assert_same_weights(final_weights(tmp_path / "two", 3), final_weights(tmp_path / "one", 3), atol=1e-5)
 

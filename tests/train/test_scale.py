@@ -49,6 +49,17 @@ def assert_same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Te
         torch.testing.assert_close(left[name], right[name], atol=atol, rtol=0, msg=name)
 
 
+def run_one_and_two_processes(tmp_path: Path, common: list[str], chunk: str) -> None:
+    """The same global batch of 8: one process (``tmp_path/one``), two of 4 each with ``chunk`` (``two``)."""
+    one = launch([*common, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"], processes=1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(
+        [*common, "trainer.batch_size=4", f"trainer.gradcache_chunk={chunk}", f"hydra.run.dir={tmp_path / 'two'}"],
+        processes=2,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+
+
 @pytest.mark.multiprocess
 @pytest.mark.parametrize(
     ("chunk", "matryoshka"),
@@ -59,13 +70,7 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, chun
     data = write_pairs(tmp_path / "pairs.jsonl", 24)
     common = ["model=tiny-random", "trainer=tiny", "logging=none", "data=jsonl", f"data.path={data}",
               "trainer.steps=3", f"trainer.matryoshka_dims={matryoshka}"]  # fmt: skip
-    one = launch([*common, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"], processes=1)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = launch(
-        [*common, "trainer.batch_size=4", f"trainer.gradcache_chunk={chunk}", f"hydra.run.dir={tmp_path / 'two'}"],
-        processes=2,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_one_and_two_processes(tmp_path, common, chunk)
     state = json.loads((tmp_path / "two" / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
     assert state["processes"] == 2 and state["global_batch"] == 8
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
