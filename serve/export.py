@@ -14,13 +14,14 @@ Transformer -> Pooling(lasttoken) -> [Dense, when the model has a projection] ->
 
 CLI::
 
-    python -m serve.export CHECKPOINT OUT [--max-seq-length 512]
+    python -m serve.export CHECKPOINT OUT [--max-seq-length 512] [--verify]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,8 @@ def write_sentence_transformer(model: DecoderEmbedder, side: str, folder: Path, 
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer
 
+    from serve.portable import make_portable
+
     spec = model.sides[side]
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = Path(tmp) / "transformer"
@@ -100,6 +103,7 @@ def write_sentence_transformer(model: DecoderEmbedder, side: str, folder: Path, 
             modules.append(dense)
         modules.append(Normalize())
         SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    make_portable(folder, max_seq_length, model.embedding_dim, model.matryoshka_dims)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -107,9 +111,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="checkpoint folder, or a training run folder (newest checkpoint)")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--max-seq-length", type=int, default=512, help="tokens per input, delimiters included")
+    parser.add_argument("--verify", action="store_true", help="then compare every runtime on probes (exit 1 if off)")
+    parser.add_argument("--tolerance", type=float, default=None, help="--verify: max abs difference allowed")
+    parser.add_argument("--no-side-stack", action="store_true", help="--verify: skip the older stack's side venv")
     args = parser.parse_args(argv)
     info = export(args.checkpoint, args.out, args.max_seq_length)
     print(json.dumps(info, indent=2))
+    if args.verify:
+        from serve.verify import DEFAULT_TOLERANCE, run_verify
+
+        tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+        if not run_verify(args.out, tolerance, side_stack=not args.no_side_stack):
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,218 @@
+"""Parity of an export across runtimes: one fixed probe set, every runtime that can run here, one table.
+
+``python -m serve.export CKPT OUT --verify`` (or ``python -m serve.verify OUT``) encodes
+:data:`PROBES` (short, long and truncated, unicode, code, whitespace) on each side with
+
+- ``DecoderEmbedder.encode`` on ``OUT`` (the reference),
+- the installed sentence-transformers on ``OUT/sentence-transformers/<side>``,
+- onnxruntime on ``OUT/onnx/<side>`` when the export has ONNX graphs (``--onnx``),
+- our server (``python -m serve``) over HTTP, with ``dimensions`` at each Matryoshka size,
+- sentence-transformers 3.4 + transformers 4.57 and infinity-emb over HTTP, both in the side
+  virtualenv of :mod:`serve.sidestack` (skipped, with the reason, when it cannot be created),
+
+and reports, per runtime, side and output size, the max |difference| to the reference and the
+min cosine. A runtime past ``tolerance`` fails the check (exit 1); a skipped one does not.
+
+sentence-transformers 3.x strips leading and trailing whitespace from every input before
+tokenizing (6.x, our ``encode`` and our server do not), so the side stack's rows are compared
+with the reference on stripped probes, and the table says so: the export cannot change what an
+older reader does to its input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+LONG_TEXT = " ".join(
+    f"Paragraph {i}: contrastive pre-training pulls paired texts together and pushes the rest of the batch apart."
+    for i in range(30)
+)
+PROBES: tuple[str, ...] = (
+    "hi",
+    "The quick brown fox jumps over the lazy dog.",
+    LONG_TEXT,  # longer than any max_seq_length we export: checks truncation keeps the closing delimiter
+    "Grüße aus Köln: naïve café, 東京タワー, مرحبا بالعالم, Ελληνικά, 🤖🚀 👩‍💻",
+    'def add(a: int, b: int) -> int:\n    """Return the sum of a and b."""\n    return a + b\n',
+    "public static <T extends Comparable<T>> T max(List<T> xs) { return Collections.max(xs); }",
+    "   leading and trailing whitespace\t\n",
+)
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class Row:
+    runtime: str
+    side: str
+    dims: int
+    max_abs_diff: float | None = None
+    min_cosine: float | None = None
+    skipped: str | None = None
+
+    def passed(self, tolerance: float) -> bool:
+        return self.skipped is not None or (self.max_abs_diff is not None and self.max_abs_diff <= tolerance)
+
+
+def compare(runtime: str, side: str, got: np.ndarray, want: np.ndarray) -> Row:
+    if got.shape != want.shape:
+        raise ValueError(f"{runtime} ({side}) returned shape {got.shape}, the reference {want.shape}")
+    cosine = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    return Row(runtime, side, want.shape[1], float(np.abs(got - want).max()), float(cosine.min()))
+
+
+def truncate(vectors: np.ndarray, dims: int) -> np.ndarray:
+    cut = vectors[:, :dims]
+    return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+
+
+def verify(export_dir: str | Path, texts: Sequence[str] = PROBES, side_stack: bool = True,
+           create_side_stack: bool = True, log_dir: Path | None = None) -> list[Row]:  # fmt: skip
+    """Every runtime's rows for ``export_dir`` (a ``serve.export`` output folder)."""
+    import torch
+
+    from models import DecoderEmbedder
+
+    export_dir = Path(export_dir)
+    info = json.loads((export_dir / "export.json").read_text())
+    max_length = info["max_seq_length"]
+    model = DecoderEmbedder.from_pretrained(export_dir).eval()
+    with torch.inference_mode():
+        reference = {side: model.encode(list(texts), side, max_length=max_length).numpy() for side in info["sides"]}
+        stripped = {side: model.encode([t.strip() for t in texts], side, max_length=max_length).numpy()
+                    for side in info["sides"]}  # fmt: skip
+    dims = sorted({d for d in info.get("matryoshka_dims") or [] if d < info["embedding_dim"]})
+    rows: list[Row] = []
+    runtimes: list[tuple[str, Callable[[str], np.ndarray]]] = []
+
+    def st_current(side: str) -> np.ndarray:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(export_dir / info["sides"][side]), device="cpu")
+        return st.encode(list(texts), batch_size=4, convert_to_numpy=True)
+
+    import sentence_transformers
+    import transformers
+
+    runtimes.append(
+        (f"sentence-transformers {sentence_transformers.__version__} + transformers {transformers.__version__}",
+         st_current)
+    )  # fmt: skip
+    if (export_dir / "onnx").is_dir():
+        from serve.onnx_export import OnnxSide
+
+        runtimes.append(("onnxruntime", lambda side: OnnxSide(export_dir / "onnx" / side).encode(list(texts))))
+    for name, encode in runtimes:
+        for side in info["sides"]:
+            rows.append(compare(name, side, encode(side), reference[side]))
+    rows += _server_rows(export_dir, info, texts, reference, dims, log_dir)
+    if side_stack:
+        rows += _side_stack_rows(export_dir, info, texts, stripped, create_side_stack, log_dir)
+    return rows
+
+
+def _post_embeddings(url: str, model: str, texts: Sequence[str], dims: int | None = None) -> np.ndarray:
+    import httpx
+
+    body: dict = {"model": model, "input": list(texts), "encoding_format": "float"}
+    if dims is not None:
+        body["dimensions"] = dims
+    response = httpx.post(f"{url}/embeddings", json=body, timeout=600)
+    if response.status_code != 200:
+        raise RuntimeError(f"POST {url}/embeddings ({model}, dimensions={dims}): {response.status_code} {response.text}")
+    data = sorted(response.json()["data"], key=lambda item: item["index"])
+    return np.asarray([item["embedding"] for item in data], dtype=np.float32)
+
+
+def _server_rows(export_dir: Path, info: dict, texts: Sequence[str], reference: dict, dims: list[int],
+                 log_dir: Path | None) -> list[Row]:  # fmt: skip
+    from serve.process import ServerProcess, free_port
+
+    port = free_port()
+    log = (log_dir / "server.log").open("w") if log_dir is not None else None
+    server = ServerProcess(["-m", "serve", "--model", str(export_dir), "--name", "verify", "--port", str(port),
+                            "--max-length", str(info["max_seq_length"]), "--log-level", "warning"], port, log)  # fmt: skip
+    rows = []
+    try:
+        server.wait_ready()
+        for side in info["sides"]:
+            model = f"verify-{side}"
+            rows.append(compare("our server (HTTP)", side, _post_embeddings(f"{server.url}/v1", model, texts),
+                                reference[side]))  # fmt: skip
+            for d in dims:
+                got = _post_embeddings(f"{server.url}/v1", model, texts, d)
+                rows.append(compare("our server (HTTP)", side, got, truncate(reference[side], d)))
+    finally:
+        server.stop()
+        if log is not None:
+            log.close()
+    return rows
+
+
+def _side_stack_rows(export_dir: Path, info: dict, texts: Sequence[str], stripped: dict, create: bool,
+                     log_dir: Path | None) -> list[Row]:  # fmt: skip
+    from serve.process import free_port
+    from serve.sidestack import NAME, SideStackUnavailable, encode_in_side_stack, infinity_server
+
+    rows = []
+    try:
+        for side in info["sides"]:
+            got, versions = encode_in_side_stack(export_dir / info["sides"][side], texts, create=create)
+            runtime = (f"sentence-transformers {versions['sentence-transformers']} + transformers "
+                       f"{versions['transformers']} ({NAME} venv; strips inputs)")  # fmt: skip
+            rows.append(compare(runtime, side, got, stripped[side]))
+        for side in info["sides"]:
+            log = log_dir / f"infinity-{side}.log" if log_dir is not None else None
+            with infinity_server(export_dir / info["sides"][side], "verify", free_port(), log=log) as url:
+                rows.append(compare("infinity-emb 0.0.78 (HTTP; strips inputs)", side, _post_embeddings(url, "verify", texts),
+                                    stripped[side]))  # fmt: skip
+    except SideStackUnavailable as error:
+        first_line = str(error).splitlines()[0]
+        rows += [Row("older stack (side venv)", side, info["embedding_dim"], skipped=first_line) for side in info["sides"]]
+    return rows
+
+
+def table(rows: list[Row], tolerance: float) -> str:
+    lines = ["| runtime | side | dims | max abs diff | min cosine | within tolerance |", "|---|---|---:|---:|---:|---|"]
+    for row in rows:
+        if row.skipped is not None:
+            lines.append(f"| {row.runtime} | {row.side} | {row.dims} | - | - | skipped: {row.skipped} |")
+        else:
+            verdict = "yes" if row.passed(tolerance) else f"**NO** (> {tolerance:g})"
+            lines.append(f"| {row.runtime} | {row.side} | {row.dims} | {row.max_abs_diff:.2e} | "
+                         f"{row.min_cosine:.6f} | {verdict} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_verify(export_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, side_stack: bool = True) -> bool:
+    """Print the parity table of ``export_dir`` (also in ``export_dir/verify/``, with the servers' logs); True when every runtime that ran is within ``tolerance``."""
+    log_dir = Path(export_dir) / "verify"
+    log_dir.mkdir(exist_ok=True)
+    rows = verify(export_dir, side_stack=side_stack, log_dir=log_dir)
+    report = f"parity of {export_dir} on {len(PROBES)} probes (reference: DecoderEmbedder.encode)\n\n"
+    report += table(rows, tolerance) + "\n"
+    (log_dir / "parity.md").write_text(report)
+    (log_dir / "parity.json").write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
+    print(report)
+    failed = [row for row in rows if not row.passed(tolerance)]
+    if failed:
+        print(f"{len(failed)} runtime/side rows past tolerance {tolerance:g}", file=sys.stderr)
+    return not failed
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m serve.verify", description=__doc__.splitlines()[0])
+    parser.add_argument("export_dir", help="a python -m serve.export output folder")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs difference allowed")
+    parser.add_argument("--no-side-stack", action="store_true", help="skip the older stack in the side virtualenv")
+    args = parser.parse_args(argv)
+    sys.exit(0 if run_verify(args.export_dir, args.tolerance, side_stack=not args.no_side_stack) else 1)
+
+
+if __name__ == "__main__":
+    main()
