@@ -103,8 +103,10 @@ def make_portable(folder: Path, max_seq_length: int, embedding_dim: int, matryos
             _write(module_dir / "config.json", _classic_pooling(_read(module_dir / "config.json")))
         elif kind == "Dense":
             dense = _read(module_dir / "config.json")
-            _write(module_dir / "config.json", {key: dense[key] for key in
-                                                ("in_features", "out_features", "bias", "activation_function")})  # fmt: skip
+            _write(
+                module_dir / "config.json",
+                {key: dense[key] for key in ("in_features", "out_features", "bias", "activation_function")},
+            )
         elif kind == "Normalize" and (module_dir / "config.json").is_file():
             (module_dir / "config.json").unlink()  # 3.x's Normalize has no config; 6.x does not need one
     _write(folder / "modules.json", modules)

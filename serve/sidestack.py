@@ -68,7 +68,9 @@ def side_stack_python(create: bool = True) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     if not python.is_file():
         _checked([sys.executable, "-m", "venv", str(root)], "python -m venv")
-    _checked([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", *REQUIREMENTS], "pip install")
+    _checked(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", *REQUIREMENTS], "pip install"
+    )
     ready.write_text(json.dumps({"requirements": list(REQUIREMENTS)}) + "\n")
     return python
 
@@ -88,8 +90,10 @@ def encode_in_side_stack(folder: str | Path, texts: Sequence[str], create: bool 
         texts_file.write_text(json.dumps(list(texts)))
         result = subprocess.run(
             [str(python), "-c", ENCODE_SCRIPT, str(folder), str(texts_file), str(out_file)],
-            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        )
         if result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-8:])
             raise RuntimeError(f"sentence-transformers in the side stack could not encode with {folder}:\n{tail}")
@@ -98,14 +102,37 @@ def encode_in_side_stack(folder: str | Path, texts: Sequence[str], create: bool 
 
 @contextlib.contextmanager
 def infinity_server(
-    folder: str | Path, name: str, port: int, batch_size: int = 32, log: Path | None = None, create: bool = True,
+    folder: str | Path,
+    name: str,
+    port: int,
+    batch_size: int = 32,
+    log: Path | None = None,
+    create: bool = True,
     timeout_s: float = 600,
-) -> Iterator[str]:  # fmt: skip
+) -> Iterator[str]:
     """``infinity_emb v2`` serving ``folder`` as ``name`` on 127.0.0.1:``port``; yields its base URL (``.../v1``)."""
     python = side_stack_python(create)
-    command = [str(python.parent / "infinity_emb"), "v2", "--model-id", str(folder), "--served-model-name", name,
-               "--port", str(port), "--host", "127.0.0.1", "--engine", "torch", "--device", "cpu",
-               "--batch-size", str(batch_size), "--url-prefix", "/v1", "--no-model-warmup"]  # fmt: skip
+    command = [
+        str(python.parent / "infinity_emb"),
+        "v2",
+        "--model-id",
+        str(folder),
+        "--served-model-name",
+        name,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+        "--batch-size",
+        str(batch_size),
+        "--url-prefix",
+        "/v1",
+        "--no-model-warmup",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(log.open("w")) if log is not None else subprocess.DEVNULL

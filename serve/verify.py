@@ -71,8 +71,13 @@ def truncate(vectors: np.ndarray, dims: int) -> np.ndarray:
     return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
 
 
-def verify(export_dir: str | Path, texts: Sequence[str] = PROBES, side_stack: bool = True,
-           create_side_stack: bool = True, log_dir: Path | None = None) -> list[Row]:  # fmt: skip
+def verify(
+    export_dir: str | Path,
+    texts: Sequence[str] = PROBES,
+    side_stack: bool = True,
+    create_side_stack: bool = True,
+    log_dir: Path | None = None,
+) -> list[Row]:
     """Every runtime's rows for ``export_dir`` (a ``serve.export`` output folder)."""
     import torch
 
@@ -84,8 +89,10 @@ def verify(export_dir: str | Path, texts: Sequence[str] = PROBES, side_stack: bo
     model = DecoderEmbedder.from_pretrained(export_dir).eval()
     with torch.inference_mode():
         reference = {side: model.encode(list(texts), side, max_length=max_length).numpy() for side in info["sides"]}
-        stripped = {side: model.encode([t.strip() for t in texts], side, max_length=max_length).numpy()
-                    for side in info["sides"]}  # fmt: skip
+        stripped = {
+            side: model.encode([t.strip() for t in texts], side, max_length=max_length).numpy()
+            for side in info["sides"]
+        }
     dims = sorted({d for d in info.get("matryoshka_dims") or [] if d < info["embedding_dim"]})
     rows: list[Row] = []
     runtimes: list[tuple[str, Callable[[str], np.ndarray]]] = []
@@ -100,9 +107,11 @@ def verify(export_dir: str | Path, texts: Sequence[str] = PROBES, side_stack: bo
     import transformers
 
     runtimes.append(
-        (f"sentence-transformers {sentence_transformers.__version__} + transformers {transformers.__version__}",
-         st_current)
-    )  # fmt: skip
+        (
+            f"sentence-transformers {sentence_transformers.__version__} + transformers {transformers.__version__}",
+            st_current,
+        )
+    )
     if (export_dir / "onnx").is_dir():
         from serve.onnx_export import OnnxSide
 
@@ -124,26 +133,46 @@ def _post_embeddings(url: str, model: str, texts: Sequence[str], dims: int | Non
         body["dimensions"] = dims
     response = httpx.post(f"{url}/embeddings", json=body, timeout=600)
     if response.status_code != 200:
-        raise RuntimeError(f"POST {url}/embeddings ({model}, dimensions={dims}): {response.status_code} {response.text}")
+        raise RuntimeError(
+            f"POST {url}/embeddings ({model}, dimensions={dims}): {response.status_code} {response.text}"
+        )
     data = sorted(response.json()["data"], key=lambda item: item["index"])
     return np.asarray([item["embedding"] for item in data], dtype=np.float32)
 
 
-def _server_rows(export_dir: Path, info: dict, texts: Sequence[str], reference: dict, dims: list[int],
-                 log_dir: Path | None) -> list[Row]:  # fmt: skip
+def _server_rows(
+    export_dir: Path, info: dict, texts: Sequence[str], reference: dict, dims: list[int], log_dir: Path | None
+) -> list[Row]:
     from serve.process import ServerProcess, free_port
 
     port = free_port()
     log = (log_dir / "server.log").open("w") if log_dir is not None else None
-    server = ServerProcess(["-m", "serve", "--model", str(export_dir), "--name", "verify", "--port", str(port),
-                            "--max-length", str(info["max_seq_length"]), "--log-level", "warning"], port, log)  # fmt: skip
+    server = ServerProcess(
+        [
+            "-m",
+            "serve",
+            "--model",
+            str(export_dir),
+            "--name",
+            "verify",
+            "--port",
+            str(port),
+            "--max-length",
+            str(info["max_seq_length"]),
+            "--log-level",
+            "warning",
+        ],
+        port,
+        log,
+    )
     rows = []
     try:
         server.wait_ready()
         for side in info["sides"]:
             model = f"verify-{side}"
-            rows.append(compare("our server (HTTP)", side, _post_embeddings(f"{server.url}/v1", model, texts),
-                                reference[side]))  # fmt: skip
+            rows.append(
+                compare("our server (HTTP)", side, _post_embeddings(f"{server.url}/v1", model, texts), reference[side])
+            )
             for d in dims:
                 got = _post_embeddings(f"{server.url}/v1", model, texts, d)
                 rows.append(compare("our server (HTTP)", side, got, truncate(reference[side], d)))
@@ -154,8 +183,9 @@ def _server_rows(export_dir: Path, info: dict, texts: Sequence[str], reference: 
     return rows
 
 
-def _side_stack_rows(export_dir: Path, info: dict, texts: Sequence[str], stripped: dict, create: bool,
-                     log_dir: Path | None) -> list[Row]:  # fmt: skip
+def _side_stack_rows(
+    export_dir: Path, info: dict, texts: Sequence[str], stripped: dict, create: bool, log_dir: Path | None
+) -> list[Row]:
     from serve.process import free_port
     from serve.sidestack import NAME, SideStackUnavailable, encode_in_side_stack, infinity_server
 
@@ -163,17 +193,27 @@ def _side_stack_rows(export_dir: Path, info: dict, texts: Sequence[str], strippe
     try:
         for side in info["sides"]:
             got, versions = encode_in_side_stack(export_dir / info["sides"][side], texts, create=create)
-            runtime = (f"sentence-transformers {versions['sentence-transformers']} + transformers "
-                       f"{versions['transformers']} ({NAME} venv; strips inputs)")  # fmt: skip
+            runtime = (
+                f"sentence-transformers {versions['sentence-transformers']} + transformers "
+                f"{versions['transformers']} ({NAME} venv; strips inputs)"
+            )
             rows.append(compare(runtime, side, got, stripped[side]))
         for side in info["sides"]:
             log = log_dir / f"infinity-{side}.log" if log_dir is not None else None
             with infinity_server(export_dir / info["sides"][side], "verify", free_port(), log=log) as url:
-                rows.append(compare("infinity-emb 0.0.78 (HTTP; strips inputs)", side, _post_embeddings(url, "verify", texts),
-                                    stripped[side]))  # fmt: skip
+                rows.append(
+                    compare(
+                        "infinity-emb 0.0.78 (HTTP; strips inputs)",
+                        side,
+                        _post_embeddings(url, "verify", texts),
+                        stripped[side],
+                    )
+                )
     except SideStackUnavailable as error:
         first_line = str(error).splitlines()[0]
-        rows += [Row("older stack (side venv)", side, info["embedding_dim"], skipped=first_line) for side in info["sides"]]
+        rows += [
+            Row("older stack (side venv)", side, info["embedding_dim"], skipped=first_line) for side in info["sides"]
+        ]
     return rows
 
 
@@ -184,13 +224,18 @@ def table(rows: list[Row], tolerance: float) -> str:
             lines.append(f"| {row.runtime} | {row.side} | {row.dims} | - | - | skipped: {row.skipped} |")
         else:
             verdict = "yes" if row.passed(tolerance) else f"**NO** (> {tolerance:g})"
-            lines.append(f"| {row.runtime} | {row.side} | {row.dims} | {row.max_abs_diff:.2e} | "
-                         f"{row.min_cosine:.6f} | {verdict} |")  # fmt: skip
+            lines.append(
+                f"| {row.runtime} | {row.side} | {row.dims} | {row.max_abs_diff:.2e} | "
+                f"{row.min_cosine:.6f} | {verdict} |"
+            )
     return "\n".join(lines)
 
 
 def run_verify(export_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE, side_stack: bool = True) -> bool:
-    """Print the parity table of ``export_dir`` (also in ``export_dir/verify/``, with the servers' logs); True when every runtime that ran is within ``tolerance``."""
+    """Print the parity table of ``export_dir``; True when every runtime that ran is within ``tolerance``.
+
+    The table and the servers' logs are also written to ``export_dir/verify/``.
+    """
     log_dir = Path(export_dir) / "verify"
     log_dir.mkdir(exist_ok=True)
     rows = verify(export_dir, side_stack=side_stack, log_dir=log_dir)
