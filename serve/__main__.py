@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=512, help="longest row the model runs, delimiters included")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: torch.autocast")
+    parser.add_argument(
+        "--backend", choices=["torch", "onnx", "onnx-int8"], default="torch", help="onnx: the export's ONNX graphs"
+    )
     parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument(
         "--max-body-bytes", type=int, default=None, help="larger bodies answer 413 (default: 300,000 tokens x 32 bytes)"
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         max_length=args.max_length,
         device=args.device,
         precision=args.precision,
+        backend=args.backend,
         torch_threads=args.torch_threads,
         body_timeout_s=args.body_timeout_s,
         graceful_shutdown_s=args.graceful_shutdown_s,

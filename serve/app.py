@@ -76,6 +76,8 @@ class Settings:
         max_length: longest row the model runs, delimiters included.
         device: torch device of the model.
         precision: ``fp32`` or ``bf16`` (autocast), as the evaluation harness's ``source.precision``.
+        backend: ``torch``, ``onnx`` (the export's ``onnx/`` graphs under onnxruntime) or
+            ``onnx-int8`` (its dynamically quantized graphs).
         torch_threads: intra-op threads of the model (``None``: torch's default, one per core);
             on a machine shared with other work, fewer threads avoid stalls at thread barriers.
         max_body_bytes: larger request bodies answer 413 unread (default: 300,000 tokens at a
@@ -95,6 +97,7 @@ class Settings:
     max_length: int = 512
     device: str = "cpu"
     precision: str = "fp32"
+    backend: str = "torch"
     torch_threads: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout_s: float = 30.0
@@ -134,6 +137,8 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
                 settings.max_length,
                 settings.device,
                 settings.precision,
+                settings.backend,
+                settings.torch_threads,
             )
         batcher: MicroBatcher[Row, torch.Tensor] = MicroBatcher(
             served.run,

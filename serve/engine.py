@@ -75,11 +75,25 @@ class EmbeddingEngine:
         max_length: int = 512,
         device: str = "cpu",
         precision: str = "fp32",
+        backend: str = "torch",
+        threads: int | None = None,
     ) -> EmbeddingEngine:
-        """Load a checkpoint, a training run folder (newest checkpoint) or an export folder."""
-        model = DecoderEmbedder.from_pretrained(folder)
+        """Load a checkpoint, a training run folder (newest checkpoint) or an export folder.
+
+        ``backend="onnx"`` (or ``"onnx-int8"``) runs the export folder's ONNX graphs with
+        onnxruntime (``threads`` intra-op threads) instead of the torch weights.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         name = name or Path(folder).resolve().name
-        return cls(model, name, max_length=max_length, device=device, precision=precision)
+        if backend == "torch":
+            return cls(DecoderEmbedder.from_pretrained(folder), name, max_length, device, precision)
+        if precision != "fp32":
+            raise ValueError(f"the {backend} backend runs the graph's own precision; precision must be fp32")
+        from serve.onnx_export import OnnxTower
+
+        tower = OnnxTower(folder, int8=backend == "onnx-int8", threads=threads)
+        return cls(tower, name, max_length, device, precision)  # type: ignore[arg-type]
 
     def side_of(self, model_name: str) -> str | None:
         return self.model_names.get(model_name)
@@ -137,6 +151,7 @@ class EmbeddingEngine:
 
 PADDING_SLACK = 1.25
 PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 TOKENIZE_CHUNK = 64  # texts per tokenizer call: the granularity of stopping a request that is over its limit
 
 

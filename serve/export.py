@@ -5,6 +5,8 @@ Layout written to ``OUT``::
     OUT/                                  DecoderEmbedder.save_pretrained (``python -m serve --model OUT``)
     OUT/sentence-transformers/<side>/     SentenceTransformer(OUT/sentence-transformers/<side>)
     OUT/export.json                       sides, folders, embedding size, max_seq_length
+    OUT/onnx/<side>/                      with --onnx: an ONNX graph per side (see serve.onnx_export)
+    OUT/verify/                           with --verify: the parity table across runtimes (serve.verify)
 
 Each side gets its own sentence-transformers folder because the embedding is the hidden state
 at the side's *closing* delimiter: sentence-transformers prompts can only prepend text, so the
@@ -14,7 +16,7 @@ Transformer -> Pooling(lasttoken) -> [Dense, when the model has a projection] ->
 
 CLI::
 
-    python -m serve.export CHECKPOINT OUT [--max-seq-length 512] [--verify]
+    python -m serve.export CHECKPOINT OUT [--max-seq-length 512] [--onnx [--onnx-int8]] [--verify]
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ if TYPE_CHECKING:
 ST_DIR = "sentence-transformers"
 
 
-def export(checkpoint: str | Path, out: str | Path, max_seq_length: int = 512) -> dict:
+def export(
+    checkpoint: str | Path, out: str | Path, max_seq_length: int = 512, onnx: bool = False, onnx_int8: bool = False
+) -> dict:
     """Export ``checkpoint`` (a checkpoint or a run folder: newest checkpoint) into ``out``.
 
     Returns:
@@ -51,7 +55,7 @@ def export(checkpoint: str | Path, out: str | Path, max_seq_length: int = 512) -
         folder = out / ST_DIR / side
         write_sentence_transformer(model, side, folder, max_seq_length)
         folders[side] = str(folder.relative_to(out))
-    info = {
+    info: dict = {
         "sides": folders,
         "embedding_dim": model.embedding_dim,
         "matryoshka_dims": model.matryoshka_dims,
@@ -59,6 +63,12 @@ def export(checkpoint: str | Path, out: str | Path, max_seq_length: int = 512) -
         "pooling": "lasttoken",
         "normalize": True,
     }
+    if onnx or onnx_int8:
+        from serve.onnx_export import ONNX_DIR, export_onnx
+
+        checks = export_onnx(model, out, {side: out / folder for side, folder in folders.items()}, max_seq_length,
+                             int8=onnx_int8)  # fmt: skip
+        info["onnx"] = {"folder": ONNX_DIR, "int8": onnx_int8, "check": checks}
     (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -111,11 +121,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="checkpoint folder, or a training run folder (newest checkpoint)")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--max-seq-length", type=int, default=512, help="tokens per input, delimiters included")
+    parser.add_argument("--onnx", action="store_true", help="also write an ONNX graph per side (OUT/onnx/<side>)")
+    parser.add_argument("--onnx-int8", action="store_true", help="--onnx plus a dynamically quantized int8 graph")
     parser.add_argument("--verify", action="store_true", help="then compare every runtime on probes (exit 1 if off)")
     parser.add_argument("--tolerance", type=float, default=None, help="--verify: max abs difference allowed")
     parser.add_argument("--no-side-stack", action="store_true", help="--verify: skip the older stack's side venv")
     args = parser.parse_args(argv)
-    info = export(args.checkpoint, args.out, args.max_seq_length)
+    info = export(args.checkpoint, args.out, args.max_seq_length, onnx=args.onnx, onnx_int8=args.onnx_int8)
     print(json.dumps(info, indent=2))
     if args.verify:
         from serve.verify import DEFAULT_TOLERANCE, run_verify
