@@ -178,7 +178,10 @@ class DecoderEmbedder(nn.Module):
         Returns:
             (B, D) L2-normalised float32 embeddings.
         """
-        names = [side] * input_ids.shape[0] if isinstance(side, str) else list(side)
+        if isinstance(side, str):  # no per-row list: the batch size stays symbolic under torch.export
+            pooled = self._pool(self.backbone_for(side), input_ids, attention_mask)
+            return self._head(pooled)
+        names = list(side)
         if self.shared_weights:
             for name in set(names):
                 self._check_side(name)
@@ -191,6 +194,10 @@ class DecoderEmbedder(nn.Module):
                 if pooled is None:
                     pooled = part.new_empty((input_ids.shape[0], part.shape[1]))
                 pooled = pooled.index_copy(0, rows, part)
+        return self._head(pooled)
+
+    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, H) pooled states -> (B, D) L2-normalised float32 embeddings (projection when there is one)."""
         if self.projection is not None:
             pooled = self.projection(pooled.to(self.projection.weight.dtype))  # (B, D)
         return F.normalize(pooled.float(), dim=-1)

@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--graceful-shutdown-s", type=float, default=5.0, help="at shutdown, cancel requests still running after this"
     )
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--access-log", choices=["on", "off"], default="on", help="one JSON line per request (logger serve.access)"
+    )
     return parser.parse_args(argv)
 
 
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         precision=args.precision,
         backend=args.backend,
+        access_log=args.access_log == "on",
         torch_threads=args.torch_threads,
         body_timeout_s=args.body_timeout_s,
         graceful_shutdown_s=args.graceful_shutdown_s,
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        access_log=False,  # serve.access writes one structured line per request instead
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )
 

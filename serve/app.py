@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app(settings)``, its lifespan, and the routes.
 
 Routes: ``POST /v1/embeddings`` (OpenAI's contract, see ``docs/serving.md``), ``GET /v1/models``,
-``GET /health``. The lifespan loads the model (unless an engine is handed in, as tests do),
+``GET /health``, ``GET /metrics`` (Prometheus, see :mod:`serve.metrics`). The lifespan loads the model (unless an engine is handed in, as tests do),
 starts the micro-batcher and, at shutdown, answers every queued row before returning; uvicorn
 waits for in-flight requests (up to ``graceful_shutdown_s``, then cancels them) before it runs the
 lifespan's shutdown. :class:`serve.guard.RequestGuard` checks the API key and bounds the body
@@ -26,13 +26,15 @@ import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serve.batching import BatcherClosed, MicroBatcher
 from serve.engine import EmbeddingEngine, Row
 from serve.errors import OVERLOADED, OpenAIError, install_error_handlers
 from serve.guard import RequestGuard
+from serve.metrics import ACCESS_KEY, AccessLog, ServerMetrics
 from serve.schemas import (
     MAX_BODY_BYTES,
     MAX_ITEMS,
@@ -76,6 +78,7 @@ class Settings:
         max_length: longest row the model runs, delimiters included.
         device: torch device of the model.
         precision: ``fp32`` or ``bf16`` (autocast), as the evaluation harness's ``source.precision``.
+        access_log: one JSON line per request on the ``serve.access`` logger (see :mod:`serve.metrics`).
         backend: ``torch``, ``onnx`` (the export's ``onnx/`` graphs under onnxruntime) or
             ``onnx-int8`` (its dynamically quantized graphs).
         torch_threads: intra-op threads of the model (``None``: torch's default, one per core);
@@ -98,6 +101,7 @@ class Settings:
     device: str = "cpu"
     precision: str = "fp32"
     backend: str = "torch"
+    access_log: bool = True
     torch_threads: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout_s: float = 30.0
@@ -141,13 +145,14 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
                 settings.torch_threads,
             )
         batcher: MicroBatcher[Row, torch.Tensor] = MicroBatcher(
-            served.run,
-            lambda row: len(row.ids),
+            metrics.timed_batches(served.run, row_length),
+            row_length,
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_ms=settings.max_wait_ms,
             max_batch_size=settings.max_batch_size,
         )
         batcher.start()
+        metrics.queued_rows.set_function(lambda: batcher.queued)
         app.state.engine = served
         app.state.batcher = batcher
         app.state.status = "ok"
@@ -161,12 +166,15 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
     app.state.settings = settings
     app.state.status = "starting"
     install_error_handlers(app)
+    metrics = ServerMetrics()
+    app.state.metrics = metrics
     app.add_middleware(
         RequestGuard,
         api_key=settings.api_key,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
+    app.add_middleware(AccessLog, metrics=metrics, enabled=settings.access_log)  # outermost: sees the guard's 4xx
     # The key is checked by the guard, before the body is read; the dependency only declares the
     # scheme in the OpenAPI document, and only when there is a key.
     security = [Depends(_BEARER)] if settings.api_key is not None else []
@@ -189,6 +197,18 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
         models = sorted(state.engine.model_names) if state.status == "ok" else []
         body = Health(status=state.status, models=models).model_dump()
         return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
+
+    @app.get(
+        "/metrics",
+        operation_id="metrics",
+        response_class=PlainTextResponse,
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+            **error_responses(*any_route),
+        },  # fmt: skip
+    )
+    async def prometheus_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/v1/models",
@@ -248,6 +268,7 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
         else:
             embeddings = matrix.tolist()
         tokens = sum(len(row.ids) for row in rows)
+        request.scope[ACCESS_KEY] = {"model": body.model, "inputs": len(rows), "tokens": tokens}
         return JSONResponse(
             {
                 "object": "list",
@@ -272,6 +293,10 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def row_length(row: Row) -> int:
+    return len(row.ids)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
