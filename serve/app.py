@@ -1,8 +1,8 @@
 """The FastAPI application: ``create_app(settings)``, its lifespan, and the routes.
 
 Routes: ``POST /v1/embeddings`` (OpenAI's contract, see ``docs/serving.md``), ``GET /v1/models``,
-``GET /health``, ``GET /metrics`` (Prometheus, see :mod:`serve.metrics`). The lifespan loads the model (unless an engine is handed in, as tests do),
-starts the micro-batcher and, at shutdown, answers every queued row before returning; uvicorn
+``GET /health``, ``GET /metrics`` (Prometheus, see :mod:`serve.metrics`). The lifespan loads the
+model (unless an engine is handed in, as tests do), starts the micro-batcher and, at shutdown, answers every queued row before returning; uvicorn
 waits for in-flight requests (up to ``graceful_shutdown_s``, then cancels them) before it runs the
 lifespan's shutdown. :class:`serve.guard.RequestGuard` checks the API key and bounds the body
 before FastAPI reads it.
