@@ -2,10 +2,10 @@
 
 Routes: ``POST /v1/embeddings`` (OpenAI's contract, see ``docs/serving.md``), ``GET /v1/models``,
 ``GET /health``, ``GET /metrics`` (Prometheus, see :mod:`serve.metrics`). The lifespan loads the
-model (unless an engine is handed in, as tests do), starts the micro-batcher and, at shutdown, answers every queued row before returning; uvicorn
-waits for in-flight requests (up to ``graceful_shutdown_s``, then cancels them) before it runs the
-lifespan's shutdown. :class:`serve.guard.RequestGuard` checks the API key and bounds the body
-before FastAPI reads it.
+model (unless an engine is handed in, as tests do), starts the micro-batcher and, at shutdown,
+answers every queued row before returning; uvicorn waits for in-flight requests (up to
+``graceful_shutdown_s``, then cancels them) before it runs the lifespan's shutdown.
+:class:`serve.guard.RequestGuard` checks the API key and bounds the body before FastAPI reads it.
 
 Usage counts the tokens each input has as the model runs it: the text's tokens (or the token
 array), truncated to ``max_length - 2``, plus the side's two delimiters.
