@@ -1,15 +1,19 @@
-"""Serving throughput: our micro-batching server vs a naive per-request sentence-transformers FastAPI app.
+"""Serving throughput: our server beside infinity-emb and a naive per-request sentence-transformers app.
 
-Both serve the same model (ours from the export folder, the naive app from that folder's
-sentence-transformers copy of the ``doc`` side), each in its own process on 127.0.0.1, one at a
-time, measured in the same run. Each of C concurrent clients sends R single-text requests in a row
-(``encoding_format: float`` for both); reported: requests/s over the whole level, and p50 / p99
-latency per request, for C in 1, 8 and 32. The first answers of both servers are compared, so the
-two apps are checked to compute the same embeddings.
+All three serve the same export (ours from the export folder, the others from that folder's
+sentence-transformers copy of the ``doc`` side; infinity-emb 0.0.78 runs in the side virtualenv
+of :mod:`serve.sidestack`, batch size 32), each in its own process on 127.0.0.1, one at a time,
+in alternating rounds of one run; every server gets the same intra-op thread count. Each of C
+concurrent clients sends R single-sentence requests in a row (STS-B test sentences, shuffled;
+``encoding_format: float``). Reported per app and C in 1, 8, 32: the median requests/s over the
+rounds (and its range), and p50 / p99 latency of the last round. The apps' answers for the same
+sentences are compared (max |diff|), and the offline ``DecoderEmbedder.encode`` rate of those
+sentences in this process (same threads) is the ceiling the servers are measured against.
 
 Usage:
     python benchmarks/serve_throughput.py                          # SmolLM2-135M (untrained delimiters)
-    python benchmarks/serve_throughput.py --model tiny --requests 5
+    python benchmarks/serve_throughput.py --apps ours ours-onnx infinity naive --rounds 2
+    python benchmarks/serve_throughput.py --model tiny --requests 5 --apps ours naive
     python benchmarks/serve_throughput.py --checkpoint runs/x/checkpoints/step-100 --out results.json
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -24,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,17 +47,20 @@ SIDES = {
     "query": {"open_token": "<|query|>", "close_token": "<|/query|>"},
     "doc": {"open_token": "<|doc|>", "close_token": "<|/doc|>"},
 }
-WORDS = (
-    "embedding contrastive decoder token batch search query document code function return value list sort "
-    "model server latency throughput python java string number array index vector similarity cosine train"
-).split()
 SERVED_NAME = "bench"
+APPS = ("ours", "ours-onnx", "ours-bf16", "infinity", "naive")
+STSB_TEST = REPO_ROOT.parent / "shared" / "data" / "senteval" / "STS" / "STSBenchmark" / "sts-test.csv"
 
 
-def texts(count: int, seed: int = 0, min_words: int = 8, max_words: int = 48) -> list[str]:
-    """Deterministic pseudo-sentences of varying length."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(min_words, max_words))) for _ in range(count)]
+def sentences(count: int, seed: int = 1) -> list[str]:
+    """``count`` STS-B test sentences (both columns, distinct, shuffled with ``seed``)."""
+    path = Path(os.environ.get("CPT_DATA_DIR", STSB_TEST.parents[3])) / "senteval" / "STS" / "STSBenchmark"
+    rows = [line.split("\t") for line in (path / "sts-test.csv").read_text(encoding="utf-8").splitlines()]
+    texts = sorted({text.strip() for row in rows for text in row[5:7]})
+    random.Random(seed).shuffle(texts)
+    if count > len(texts):
+        raise ValueError(f"asked for {count} sentences; {path / 'sts-test.csv'} has {len(texts)} distinct ones")
+    return texts[:count]
 
 
 # ---- the naive app ------------------------------------------------------------------------------
@@ -120,12 +129,16 @@ async def load(url: str, model: str, clients: int, requests: int, corpus: list[s
     }
 
 
-def first_vector(url: str, model: str, text: str) -> list[float]:
+def embed(url: str, model: str, texts: list[str]) -> list[list[float]]:
+    """One request per text (as the load does), so each app's answers are compared on its served path."""
     import httpx
 
-    response = httpx.post(f"{url}/v1/embeddings", json={"model": model, "input": text, "encoding_format": "float"})
-    response.raise_for_status()
-    return response.json()["data"][0]["embedding"]
+    vectors = []
+    for text in texts:
+        response = httpx.post(f"{url}/embeddings", json={"model": model, "input": text, "encoding_format": "float"})
+        response.raise_for_status()
+        vectors.append(response.json()["data"][0]["embedding"])
+    return vectors
 
 
 def prepare(args: argparse.Namespace, workdir: Path) -> Path:
@@ -143,68 +156,157 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Path:
         model.save_pretrained(checkpoint)
         del model
     out = workdir / "export"
-    export(checkpoint, out, max_seq_length=args.max_length)
+    export(checkpoint, out, max_seq_length=args.max_length, onnx="ours-onnx" in args.apps)
     return out
 
 
+@contextlib.contextmanager
+def serving(
+    app: str, export_dir: Path, st_folder: Path, side: str, args: argparse.Namespace, log_dir: Path
+) -> Iterator[tuple[str, str]]:
+    """Start ``app``; yield its base URL (``.../v1``) and the model name to ask for."""
+    port = free_port()
+    threads = str(args.torch_threads)
+    if app == "infinity":
+        from serve.sidestack import infinity_server
+
+        log = log_dir / "infinity.log"
+        with infinity_server(st_folder, SERVED_NAME, port, batch_size=32, log=log, threads=args.torch_threads) as url:
+            yield url, SERVED_NAME
+        return
+    if app.startswith("ours"):
+        backend = "onnx" if app == "ours-onnx" else "torch"
+        precision = "bf16" if app == "ours-bf16" else "fp32"
+        command = [
+            "-m",
+            "serve",
+            "--model",
+            str(export_dir),
+            "--name",
+            SERVED_NAME,
+            "--log-level",
+            "warning",
+            "--access-log",
+            "off",
+            "--max-batch-tokens",
+            str(args.max_batch_tokens),
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+            "--max-length",
+            str(args.max_length),
+            "--torch-threads",
+            threads,
+            "--backend",
+            backend,
+            "--precision",
+            precision,
+        ]
+        model = f"{SERVED_NAME}-{side}"
+    else:
+        command = [__file__, "naive-app", str(st_folder), "--torch-threads", threads]
+        model = f"{SERVED_NAME}-{side}"
+    with (log_dir / f"{app}.log").open("w") as log:
+        server = ServerProcess([*command, "--port", str(port)], port, log)
+        try:
+            server.wait_ready()
+            yield f"{server.url}/v1", model
+        finally:
+            server.stop()
+
+
+def offline_rate(export_dir: Path, side: str, corpus: list[str], args: argparse.Namespace) -> float:
+    """Texts/s of ``DecoderEmbedder.encode`` on the corpus, batch 32, same threads: the model's own ceiling."""
+    import torch
+
+    from models import DecoderEmbedder
+
+    torch.set_num_threads(args.torch_threads)
+    model = DecoderEmbedder.from_pretrained(export_dir).eval()
+    model.encode(corpus[:8], side, max_length=args.max_length)  # warm-up
+    started = time.perf_counter()
+    model.encode(corpus, side, batch_size=32, max_length=args.max_length)
+    return round(len(corpus) / (time.perf_counter() - started), 2)
+
+
 def run(args: argparse.Namespace) -> dict:
-    corpus = texts(max(args.clients) * args.requests, seed=1)
+    corpus = sentences(max(args.clients) * args.requests)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         export_dir = prepare(args, Path(tmp))
         info = json.loads((export_dir / "export.json").read_text())
         side = "doc" if "doc" in info["sides"] else next(iter(info["sides"]))
+        st_folder = export_dir / info["sides"][side]
         print(f"exported in {time.perf_counter() - started:.1f} s; serving side {side!r}", flush=True)
-        apps = {
-            "ours": [
-                "-m", "serve", "--model", str(export_dir), "--name", SERVED_NAME, "--log-level", "warning",
-                "--max-batch-tokens", str(args.max_batch_tokens), "--max-wait-ms", str(args.max_wait_ms),
-                "--max-length", str(args.max_length), "--torch-threads", str(args.torch_threads),
-            ],
-            "naive": [
-                __file__, "naive-app", str(export_dir / info["sides"][side]), "--torch-threads", str(args.torch_threads)
-            ],
-        }  # fmt: skip
         results: dict = {
             "model": str(args.checkpoint or args.model),
             "side": side,
             "torch_threads": args.torch_threads,
             "requests_per_client": args.requests,
             "max_length": args.max_length,
+            "rounds": args.rounds,
+            "load_before": os.getloadavg(),
             "levels": {},
+            "answers_max_abs_diff": {},
         }
-        firsts = {}
-        for name, command in apps.items():
-            port = free_port()
-            server = ServerProcess([*command, "--port", str(port)], port)
-            try:
-                server.wait_ready()
-                model_name = f"{SERVED_NAME}-{side}"
-                firsts[name] = first_vector(server.url, model_name, corpus[0])
-                asyncio.run(load(server.url, model_name, 2, 2, corpus))  # warm-up
-                for clients in args.clients:
-                    level = asyncio.run(load(server.url, model_name, clients, args.requests, corpus))
-                    results["levels"].setdefault(str(clients), {})[name] = level
-                    print(name, json.dumps(level), flush=True)
-            finally:
-                server.stop()
-        diff = max(abs(a - b) for a, b in zip(firsts["ours"], firsts["naive"], strict=True))
-        results["max_abs_diff_first_answer"] = diff
+        check_texts = corpus[:8]
+        answers: dict[str, list] = {}
+        for round_index in range(args.rounds):
+            apps = args.apps if round_index % 2 == 0 else list(reversed(args.apps))
+            for app in apps:
+                with serving(app, export_dir, st_folder, side, args, Path(tmp)) as (url, model):
+                    if app not in answers:
+                        answers[app] = embed(url, model, check_texts)
+                    asyncio.run(load(url.removesuffix("/v1"), model, 2, 2, corpus))  # warm-up
+                    for clients in args.clients:
+                        level = asyncio.run(load(url.removesuffix("/v1"), model, clients, args.requests, corpus))
+                        runs = results["levels"].setdefault(str(clients), {}).setdefault(app, [])
+                        runs.append(level)
+                        print(f"round {round_index + 1} {app}", json.dumps(level), flush=True)
+        reference = answers[args.apps[0]]
+        for app, vectors in answers.items():
+            diff = max(abs(a - b) for u, v in zip(vectors, reference, strict=True) for a, b in zip(u, v, strict=True))
+            results["answers_max_abs_diff"][app] = diff
+        results["offline_encode_texts_per_s"] = offline_rate(export_dir, side, corpus, args)
+        results["load_after"] = os.getloadavg()
     return results
 
 
+def summary(runs: list[dict]) -> dict:
+    rates = [run["requests_per_s"] for run in runs]
+    return {
+        "median": round(statistics.median(rates), 2),
+        "low": min(rates),
+        "high": max(rates),
+        "p50_ms": runs[-1]["p50_ms"],
+        "p99_ms": runs[-1]["p99_ms"],
+    }
+
+
 def table(results: dict) -> str:
+    apps = list(next(iter(results["levels"].values())))
+    ceiling = results["offline_encode_texts_per_s"]
     lines = [
-        "| clients | ours req/s | naive req/s | speed-up | ours p50 / p99 ms | naive p50 / p99 ms |",
-        "|---|---|---|---|---|---|",
+        "| clients | "
+        + " | ".join(f"{app} req/s (p50 / p99 ms)" for app in apps)
+        + " | ours / infinity | ours / offline encode |",
+        "|---|" + "---|" * (len(apps) + 2),
     ]
     for clients, level in results["levels"].items():
-        ours, naive = level["ours"], level["naive"]
-        lines.append(
-            f"| {clients} | {ours['requests_per_s']} | {naive['requests_per_s']} | "
-            f"{ours['requests_per_s'] / naive['requests_per_s']:.2f}x | {ours['p50_ms']} / {ours['p99_ms']} | "
-            f"{naive['p50_ms']} / {naive['p99_ms']} |"
-        )
+        cells, medians = [], {}
+        for app in apps:
+            s = summary(level[app])
+            medians[app] = s["median"]
+            spread = f" [{s['low']}-{s['high']}]" if len(level[app]) > 1 else ""
+            cells.append(f"{s['median']}{spread} ({s['p50_ms']} / {s['p99_ms']})")
+        versus = f"{medians['ours'] / medians['infinity']:.2f}x" if {"ours", "infinity"} <= set(medians) else "-"
+        share = f"{medians['ours'] / ceiling:.0%}" if "ours" in medians else "-"
+        lines.append(f"| {clients} | " + " | ".join(cells) + f" | {versus} | {share} |")
+    lines.append("")
+    lines.append(
+        f"offline DecoderEmbedder.encode of the same sentences: {ceiling} texts/s; answers' max |diff| to "
+        f"{apps[0]}: " + ", ".join(f"{a} {d:.1e}" for a, d in results["answers_max_abs_diff"].items())
+    )
+    lines.append(f"load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
     return "\n".join(lines)
 
 
@@ -230,12 +332,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of both servers")
+    parser.add_argument("--torch-threads", type=int, default=2, help="intra-op threads of every server")
+    parser.add_argument("--apps", nargs="+", choices=APPS, default=["ours", "infinity", "naive"])
+    parser.add_argument("--rounds", type=int, default=2, help="each app once per round, order alternating")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     results = run(args)
     print(table(results))
-    print(f"max |ours - naive| on the first answer: {results['max_abs_diff_first_answer']:.2e}")
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

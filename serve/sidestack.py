@@ -108,9 +108,13 @@ def infinity_server(
     batch_size: int = 32,
     log: Path | None = None,
     create: bool = True,
+    threads: int | None = None,
     timeout_s: float = 600,
 ) -> Iterator[str]:
-    """``infinity_emb v2`` serving ``folder`` as ``name`` on 127.0.0.1:``port``; yields its base URL (``.../v1``)."""
+    """``infinity_emb v2`` serving ``folder`` as ``name`` on 127.0.0.1:``port``; yields its base URL (``.../v1``).
+
+    ``threads``: torch's intra-op threads in that server (``OMP_NUM_THREADS``; infinity has no flag).
+    """
     python = side_stack_python(create)
     command = [
         str(python.parent / "infinity_emb"),
@@ -134,6 +138,8 @@ def infinity_server(
         "--no-model-warmup",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(log.open("w")) if log is not None else subprocess.DEVNULL
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
