@@ -183,6 +183,8 @@ def _server_rows(
             str(info["max_seq_length"]),
             "--log-level",
             "warning",
+            "--backend",
+            backend,
         ],
         port,
         log,
