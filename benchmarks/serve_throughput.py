@@ -201,15 +201,13 @@ def serving(
             "--precision",
             precision,
         ]
-        model = f"{SERVED_NAME}-{side}"
     else:
         command = [__file__, "naive-app", str(st_folder), "--torch-threads", threads]
-        model = f"{SERVED_NAME}-{side}"
     with (log_dir / f"{app}.log").open("w") as log:
         server = ServerProcess([*command, "--port", str(port)], port, log)
         try:
             server.wait_ready()
-            yield f"{server.url}/v1", model
+            yield f"{server.url}/v1", f"{SERVED_NAME}-{side}"
         finally:
             server.stop()
 

@@ -32,29 +32,45 @@ class ServerProcess:
         args: the interpreter's arguments, e.g. ``["-m", "serve", "--model", DIR, "--port", "8000"]``.
         port: the port those arguments make the server listen on.
         log: where the server's stdout and stderr go (``None``: inherited).
+        executable: what runs ``args`` (default: this interpreter; e.g. another venv's server script).
+        ready_path: the route that answers 200 once the server is ready.
+        env: variables added to this process's environment.
     """
 
-    def __init__(self, args: list[str], port: int, log: IO | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        log: IO | None = None,
+        executable: str = sys.executable,
+        ready_path: str = "/health",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
         self.url = f"http://127.0.0.1:{port}"
+        self.ready_path = ready_path
         self.proc = subprocess.Popen(
-            [sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT if log else None
+            [executable, *args],
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT if log else None,
         )
 
     def wait_ready(self, timeout_s: float = 600) -> None:
-        """Return once ``/health`` answers 200; raise if the process exits or ``timeout_s`` passes."""
+        """Return once ``ready_path`` answers 200; raise if the process exits or ``timeout_s`` passes."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.proc.returncode} before it was ready")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}{self.ready_path}", timeout=2) as response:
                     if response.status == 200:
                         return
             except OSError:  # not listening yet, or 503 while the model loads
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"{self.url}/health did not answer 200 within {timeout_s:.0f} s")
+        raise TimeoutError(f"{self.url}{self.ready_path} did not answer 200 within {timeout_s:.0f} s")
 
     def stop(self) -> None:
         """SIGTERM (uvicorn drains in-flight requests), then SIGKILL after 60 s."""

@@ -21,14 +21,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from models.backbone import cache_root
+from serve.process import ServerProcess
 
 NAME = "infinity-0.0.78"
 REQUIREMENTS = ("torch==2.13.0", "infinity-emb[server,torch]==0.0.78")
@@ -137,32 +136,15 @@ def infinity_server(
         "/v1",
         "--no-model-warmup",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    # PYTHONPATH empty: our repository's packages stay out of the side interpreter
+    env = {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "PYTHONPATH": ""}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(log.open("w")) if log is not None else subprocess.DEVNULL
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        server = ServerProcess(command[1:], port, out, executable=command[0], ready_path="/v1/models", env=env)
         try:
-            url = f"http://127.0.0.1:{port}/v1"
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"infinity_emb exited with {proc.returncode} before it was ready (log: {log})")
-                try:
-                    with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"infinity_emb did not answer within {timeout_s:.0f} s (log: {log})")
-                time.sleep(0.5)
-            yield url
+            server.wait_ready(timeout_s)
+            yield f"{server.url}/v1"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            server.stop()

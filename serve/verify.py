@@ -69,11 +69,6 @@ def compare(runtime: str, side: str, got: np.ndarray, want: np.ndarray) -> Row:
     return Row(runtime, side, want.shape[1], float(np.abs(got - want).max()), float(cosine.min()))
 
 
-def truncate(vectors: np.ndarray, dims: int) -> np.ndarray:
-    cut = vectors[:, :dims]
-    return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
-
-
 def verify(
     export_dir: str | Path,
     texts: Sequence[str] = PROBES,
@@ -82,20 +77,17 @@ def verify(
     log_dir: Path | None = None,
 ) -> list[Row]:
     """Every runtime's rows for ``export_dir`` (a ``serve.export`` output folder)."""
-    import torch
-
     from models import DecoderEmbedder
 
     export_dir = Path(export_dir)
     info = json.loads((export_dir / "export.json").read_text())
-    max_length = info["max_seq_length"]
     model = DecoderEmbedder.from_pretrained(export_dir).eval()
-    with torch.inference_mode():
-        reference = {side: model.encode(list(texts), side, max_length=max_length).numpy() for side in info["sides"]}
-        stripped = {
-            side: model.encode([t.strip() for t in texts], side, max_length=max_length).numpy()
-            for side in info["sides"]
-        }
+
+    def encoded(inputs: Sequence[str]) -> dict[str, np.ndarray]:
+        return {side: model.encode(list(inputs), side, max_length=info["max_seq_length"]).numpy()
+                for side in info["sides"]}  # fmt: skip
+
+    reference = encoded(texts)
     dims = sorted({d for d in info.get("matryoshka_dims") or [] if d < info["embedding_dim"]})
     rows: list[Row] = []
     runtimes: list[tuple[str, Callable[[str], np.ndarray]]] = []
@@ -137,6 +129,7 @@ def verify(
     if onnx:
         rows += _server_rows(export_dir, info, texts, reference, dims, log_dir, backend="onnx")
     if side_stack:
+        stripped = encoded([text.strip() for text in texts])
         rows += _side_stack_rows(export_dir, info, texts, stripped, create_side_stack, log_dir)
     return rows
 
@@ -165,6 +158,9 @@ def _server_rows(
     log_dir: Path | None,
     backend: str = "torch",
 ) -> list[Row]:
+    import torch
+
+    from models import truncate_embeddings
     from serve.process import ServerProcess, free_port
 
     port = free_port()
@@ -198,7 +194,8 @@ def _server_rows(
             rows.append(compare(runtime, side, _post_embeddings(f"{server.url}/v1", model, texts), reference[side]))
             for d in dims:
                 got = _post_embeddings(f"{server.url}/v1", model, texts, d)
-                rows.append(compare(runtime, side, got, truncate(reference[side], d)))
+                want = truncate_embeddings(torch.from_numpy(reference[side]), d).numpy()
+                rows.append(compare(runtime, side, got, want))
     finally:
         server.stop()
         if log is not None:
