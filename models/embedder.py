@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from models.backbone import load_backbone
+from models.packing import pool_packed
 from models.pooling import pool_last_token, position_ids_from_mask
 from models.sides import Side, parse_sides
 from models.tokenization import (
@@ -164,7 +165,13 @@ class DecoderEmbedder(nn.Module):
         rows = [self.sides[name] for name in names]
         return encode_delimited(self.tokenizer, texts, rows, max_length, self.padding_side)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str | Sequence[str]) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        side: str | Sequence[str],
+        pack_tokens: int | None = None,
+    ) -> torch.Tensor:
         """Embed delimited, padded inputs from :meth:`tokenize`.
 
         Both towers' inputs can go through one call (one pass of a shared backbone, and one
@@ -174,23 +181,26 @@ class DecoderEmbedder(nn.Module):
             input_ids: (B, T).
             attention_mask: (B, T).
             side: the side of every row, or of each row.
+            pack_tokens: run padding-free: the rows' real tokens packed into sequences of at most
+                this many tokens, each row attending only to itself (:mod:`models.packing`);
+                ``None``: the padded batch as given. The embeddings are the same either way.
 
         Returns:
             (B, D) L2-normalised float32 embeddings.
         """
         if isinstance(side, str):  # no per-row list: the batch size stays symbolic under torch.export
-            pooled = self._pool(self.backbone_for(side), input_ids, attention_mask)
+            pooled = self._pool(self.backbone_for(side), input_ids, attention_mask, pack_tokens)
             return self._head(pooled)
         names = list(side)
         if self.shared_weights:
             for name in set(names):
                 self._check_side(name)
-            pooled = self._pool(self.backbone, input_ids, attention_mask)  # (B, H)
+            pooled = self._pool(self.backbone, input_ids, attention_mask, pack_tokens)  # (B, H)
         else:
             pooled = None
             for name in dict.fromkeys(names):
                 rows = torch.tensor([i for i, n in enumerate(names) if n == name], device=input_ids.device)
-                part = self._pool(self.backbone_for(name), input_ids[rows], attention_mask[rows])
+                part = self._pool(self.backbone_for(name), input_ids[rows], attention_mask[rows], pack_tokens)
                 if pooled is None:
                     pooled = part.new_empty((input_ids.shape[0], part.shape[1]))
                 pooled = pooled.index_copy(0, rows, part)
@@ -203,7 +213,11 @@ class DecoderEmbedder(nn.Module):
         return F.normalize(pooled.float(), dim=-1)
 
     @staticmethod
-    def _pool(backbone: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _pool(
+        backbone: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack_tokens: int | None = None
+    ) -> torch.Tensor:
+        if pack_tokens is not None:
+            return pool_packed(backbone, input_ids, attention_mask, pack_tokens)
         outputs = backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,

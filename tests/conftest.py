@@ -27,6 +27,43 @@ TINY_LLAMA = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 256,
 }
+# One tiny random config per decoder family the models support (pooling, packing and export tests).
+DECODER_FAMILIES = [
+    {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128},
+    {
+        "model_type": "qwen3",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+    },
+    {
+        "model_type": "gemma3_text",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+    },
+    {
+        "model_type": "gpt_neox",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
+    {
+        "model_type": "qwen2",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+]
 TWO_SIDES = {
     "query": {"open_token": "<|q|>", "close_token": "<|/q|>"},
     "doc": {"open_token": "<|d|>", "close_token": "<|/d|>"},

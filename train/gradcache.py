@@ -53,6 +53,7 @@ def gradcache_backward(
     autocast: Callable[[], AbstractContextManager],
     sync_last: bool,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    pack_tokens: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Accumulate into ``.grad`` the gradients of ``loss_weight * loss`` for one micro-batch.
 
@@ -70,6 +71,7 @@ def gradcache_backward(
         autocast: mixed-precision context.
         sync_last: whether the last chunk's backward should all-reduce gradients.
         backward: runs a backward pass (``accelerator.backward``, which applies fp16 loss scaling).
+        pack_tokens: pack each chunk's rows padding-free into sequences of this many tokens (None: padded).
 
     Returns:
         The loss's terms, detached.
@@ -85,7 +87,9 @@ def gradcache_backward(
         for start in starts:
             states.append(RandState())
             end = start + chunk_size
-            pieces.append(embedder(input_ids[start:end], attention_mask[start:end], list(sides[start:end])))
+            pieces.append(
+                embedder(input_ids[start:end], attention_mask[start:end], list(sides[start:end]), pack_tokens=pack_tokens)
+            )
     cached = torch.cat(pieces).detach().requires_grad_()  # (2B + M, D)
 
     # Step (2): full-batch loss; gradients for the embeddings and the temperature only.
@@ -99,7 +103,9 @@ def gradcache_backward(
         end = start + chunk_size
         last = index == len(starts) - 1
         with no_sync() if not (last and sync_last) else nullcontext(), state, autocast():
-            replayed = model(input_ids[start:end], attention_mask[start:end], list(sides[start:end]))
+            replayed = model(
+                input_ids[start:end], attention_mask[start:end], list(sides[start:end]), pack_tokens=pack_tokens
+            )
             surrogate = (replayed * embedding_grad[start:end]).sum()
             if last and scale_grad is not None and embedder.log_scale.requires_grad:
                 # The temperature's gradient joins the last backward, so DDP sees every parameter.

@@ -156,9 +156,12 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
         pin_memory=accelerator.device.type == "cuda", num_negatives=int(data_options.get("num_negatives", 0)),
     )  # fmt: skip
 
+    backbones = [model.backbone] if model.shared_weights else list(model.backbones.values())
     if settings.train_top_layers:
-        backbones = [model.backbone] if model.shared_weights else list(model.backbones.values())
         train_only_top_layers(backbones, settings.train_top_layers)
+    if settings.compile:
+        for backbone in backbones:  # in place: parameter names (and so checkpoints) stay those of the eager model
+            backbone.compile(dynamic=True)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, settings.weight_decay, settings.lr, settings.temperature_lr),
         lr=settings.lr,
@@ -250,10 +253,12 @@ def backward_step(run: Run, micro: dict[str, torch.Tensor], last: bool) -> dict[
         return gradcache_backward(
             run.model, run.embedder, micro, sides, settings.gradcache_chunk, 1.0 / settings.grad_accum_steps,
             run.loss, no_sync=lambda: accelerator.no_sync(run.model), autocast=accelerator.autocast, sync_last=last,
-            backward=accelerator.backward,
+            backward=accelerator.backward, pack_tokens=settings.pack_tokens,
         )  # fmt: skip
     with accelerator.no_sync(run.model) if not last else nullcontext(), accelerator.autocast():
-        embeddings = run.model(micro["input_ids"], micro["attention_mask"], sides)  # (2B + M, D)
+        embeddings = run.model(
+            micro["input_ids"], micro["attention_mask"], sides, pack_tokens=settings.pack_tokens
+        )  # (2B + M, D)
         out = run.loss(*loss_inputs(embeddings, micro, run.embedder.logit_scale()))
         accelerator.backward(out["loss"] / settings.grad_accum_steps)
     return {key: value.detach() for key, value in out.items()}

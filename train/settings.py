@@ -39,6 +39,14 @@ class TrainerSettings:
     matryoshka_weights: list[float] | None = None
     num_workers: int = 0
     prefetch_factor: int = 2
+    packing: bool = False
+    pack_length: int | None = None
+    compile: bool = False
+
+    @property
+    def pack_tokens(self) -> int | None:
+        """Tokens per packed sequence when packing (``pack_length``, else ``max_length``), else None."""
+        return (self.pack_length or self.max_length) if self.packing else None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainerSettings:
@@ -68,6 +76,10 @@ class TrainerSettings:
             raise ValueError(f"trainer.num_workers must be >= 0, got {self.num_workers}")
         if self.prefetch_factor < 1:
             raise ValueError(f"trainer.prefetch_factor must be >= 1, got {self.prefetch_factor}")
+        if self.pack_length is not None and self.pack_length < self.max_length:
+            raise ValueError(
+                f"trainer.pack_length must be >= trainer.max_length ({self.max_length}) or null, got {self.pack_length}"
+            )
         if self.lr <= 0:
             raise ValueError(f"trainer.lr must be > 0, got {self.lr}")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models import DecoderEmbedder, parse_sides, truncate_embeddings
-from tests.conftest import TINY_LLAMA, TWO_SIDES
+from tests.conftest import DECODER_FAMILIES, TINY_LLAMA, TWO_SIDES
 
 TEXTS = ["the cat sat on the mat", "def add(a, b): return a + b", "quarterly results rose"]
 
@@ -92,46 +92,7 @@ def test_missing_model_path_is_named(tmp_path) -> None:
         DecoderEmbedder.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128},
-        {
-            "model_type": "qwen3",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 8,
-        },
-        {
-            "model_type": "gemma3_text",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 8,
-        },
-        {
-            "model_type": "gpt_neox",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-        },
-        {
-            "model_type": "qwen2",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-        },
-    ],
-    ids=lambda config: config["model_type"],
-)
+@pytest.mark.parametrize("config", DECODER_FAMILIES, ids=lambda config: config["model_type"])
 def test_decoder_families_pool_the_same_under_both_paddings(config) -> None:
     # RoPE models are blind to a constant position shift; GPT-2's absolute positions are what
     # catch left padding fed without mask-derived position ids.

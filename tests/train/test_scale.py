@@ -49,14 +49,16 @@ def assert_same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Te
         torch.testing.assert_close(left[name], right[name], atol=atol, rtol=0, msg=name)
 
 
-def run_one_and_two_processes(tmp_path: Path, common: list[str], chunk: str) -> None:
-    """The same global batch of 8: one process (``tmp_path/one``), two of 4 each with ``chunk`` (``two``)."""
+def run_one_and_two_processes(tmp_path: Path, common: list[str], chunk: str, two_only: tuple[str, ...] = ()) -> None:
+    """The same global batch of 8: one process (``tmp_path/one``), two of 4 each with ``chunk`` (``two``);
+    ``two_only``: overrides for the two-process run alone (e.g. packing against the padded reference)."""
     one = launch([*common, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"], processes=1)
     assert one.returncode == 0, one.stderr[-3000:]
     two = launch(
-        [*common, "trainer.batch_size=4", f"trainer.gradcache_chunk={chunk}", f"hydra.run.dir={tmp_path / 'two'}"],
+        [*common, "trainer.batch_size=4", f"trainer.gradcache_chunk={chunk}", *two_only,
+         f"hydra.run.dir={tmp_path / 'two'}"],
         processes=2,
-    )
+    )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
 
 
