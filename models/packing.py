@@ -140,7 +140,9 @@ def backbone_masks(backbone: PreTrainedModel, packed: PackedRows, dtype: torch.d
     return full
 
 
-def pool_packed(backbone: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int) -> torch.Tensor:
+def pool_packed(
+    backbone: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int
+) -> torch.Tensor:
     """(B, H) hidden states at each row's last real token, computed on packed sequences."""
     packed = pack_rows(input_ids, attention_mask, capacity)
     dtype = backbone.get_input_embeddings().weight.dtype

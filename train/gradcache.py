@@ -88,7 +88,9 @@ def gradcache_backward(
             states.append(RandState())
             end = start + chunk_size
             pieces.append(
-                embedder(input_ids[start:end], attention_mask[start:end], list(sides[start:end]), pack_tokens=pack_tokens)
+                embedder(
+                    input_ids[start:end], attention_mask[start:end], list(sides[start:end]), pack_tokens=pack_tokens
+                )
             )
     cached = torch.cat(pieces).detach().requires_grad_()  # (2B + M, D)
 
