@@ -2,15 +2,21 @@
 
 Two tables, both measured in the same run on this machine:
 
-1. pairs/s of our trainer vs ``SentenceTransformerTrainer`` with
+1. tokens/s of our trainer (padded, packed, compiled, bf16) vs ``SentenceTransformerTrainer`` with
    ``MultipleNegativesSymmetricRankingLoss`` (the same symmetric in-batch-negatives objective) on the
    same decoder, batch size, sequence length and data (STS-B/MRPC paraphrase pairs), full
-   fine-tuning, fp32, median seconds per step after one warm-up step;
+   fine-tuning. Each trainer runs in its own fresh process, the trainers alternate over ``--rounds``
+   rounds in a rotating order, and the table gives the median seconds per step (warm-up step left
+   out) with the spread, real tokens/s (tokens of the texts) and computed tokens/s (padded rows or
+   packed sequences), the fraction of this machine's matmul peak (measured in the same run, fp32
+   and bf16) that 6 x non-embedding parameters x real tokens/s reaches, and the ratio to
+   sentence-transformers at the same precision. The load average is printed before and after;
 2. peak RSS of one training step of our trainer at several batch sizes, plain and with GradCache
    (each configuration in a fresh process, read from ``VmHWM``).
 
 Usage:
     python benchmarks/train_throughput.py                       # SmolLM2-135M, batch 16, 32 tokens
+    python benchmarks/train_throughput.py --trainers ours-packed ours-packed-compile --rounds 2
     python benchmarks/train_throughput.py --model tiny --steps 6 --memory-batches 64 256
 """
 
@@ -25,7 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -69,21 +77,98 @@ def model_overrides(model: str) -> list[str]:
     return [f"model={model}"]
 
 
-def ours_seconds_per_step(
-    model: str, data_overrides: list[str], batch: int, max_length: int, steps: int, work: Path
-) -> float:
-    """Median s/step (after the first) of our trainer, full fine-tuning, on the data the overrides name."""
+@dataclass
+class StepTiming:
+    """Per timed step (the warm-up step left out): seconds, real tokens, and tokens the model computed on
+    (padded rows, or packed sequences)."""
+
+    seconds: list[float]
+    real_tokens: list[int]
+    computed_tokens: list[int]
+
+    def summary(self) -> dict[str, float]:
+        seconds = sum(self.seconds)
+        return {
+            "s_per_step": statistics.median(self.seconds),
+            "real_tokens_per_s": sum(self.real_tokens) / seconds,
+            "computed_tokens_per_s": sum(self.computed_tokens) / seconds,
+            "real_fraction": sum(self.real_tokens) / sum(self.computed_tokens),
+        }
+
+
+class TokenCounter:
+    """Counts, per forward of the embedder's backbone, the real tokens and the tokens computed on."""
+
+    def __init__(self) -> None:
+        self.real: list[int] = []
+        self.computed: list[int] = []
+
+    def install_on_ours(self) -> None:
+        from models.embedder import DecoderEmbedder
+        from models.packing import pack_rows
+
+        pool = DecoderEmbedder._pool
+
+        def counted(backbone, input_ids, attention_mask, pack_tokens=None):
+            self.real.append(int(attention_mask.sum()))
+            shape = input_ids if pack_tokens is None else pack_rows(input_ids, attention_mask, pack_tokens).input_ids
+            self.computed.append(shape.numel())
+            return pool(backbone, input_ids, attention_mask, pack_tokens)
+
+        DecoderEmbedder._pool = staticmethod(counted)
+
+    def install_on_sentence_transformers(self, auto_model) -> None:
+        forward = auto_model.forward
+
+        def counted(*args, **kwargs):
+            self.real.append(int(kwargs["attention_mask"].sum()))
+            self.computed.append(kwargs["input_ids"].numel())
+            return forward(*args, **kwargs)
+
+        auto_model.forward = counted
+
+    def per_step(self, steps: int) -> tuple[list[int], list[int]]:
+        """Counts summed per step (forwards split evenly over ``steps``), warm-up step dropped."""
+        if len(self.real) % steps:
+            raise RuntimeError(f"{len(self.real)} backbone forwards do not split into {steps} steps")
+        size = len(self.real) // steps
+        real = [sum(self.real[i : i + size]) for i in range(0, len(self.real), size)]
+        computed = [sum(self.computed[i : i + size]) for i in range(0, len(self.computed), size)]
+        return real[1:], computed[1:]
+
+
+def ours_timing(
+    model: str,
+    data_overrides: list[str],
+    batch: int,
+    max_length: int,
+    steps: int,
+    work: Path,
+    extra: tuple[str, ...] = (),
+) -> StepTiming:
+    """Our trainer, full fine-tuning, on the data the overrides name; ``extra``: e.g. packing, precision."""
     from train.loop import train
 
+    counter = TokenCounter()
+    counter.install_on_ours()
     cfg = compose(
         [*model_overrides(model), "trainer=cpu", "logging=none", *data_overrides,
          f"trainer.steps={steps}", f"trainer.batch_size={batch}", f"trainer.max_length={max_length}",
-         "trainer.train_top_layers=null", "trainer.val_pairs=0", "trainer.eval_every=0", "trainer.warmup_steps=0"],
+         "trainer.train_top_layers=null", "trainer.val_pairs=0", "trainer.eval_every=0", "trainer.warmup_steps=0",
+         *extra],
         work,
     )  # fmt: skip
     train(cfg, work)
     records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(batch / r["pairs_per_s"] for r in records[1:])
+    real, computed = counter.per_step(steps)
+    return StepTiming([batch / r["pairs_per_s"] for r in records[1:]], real, computed)
+
+
+def ours_seconds_per_step(
+    model: str, data_overrides: list[str], batch: int, max_length: int, steps: int, work: Path
+) -> float:
+    """Median s/step (after the first) of our trainer, full fine-tuning, on the data the overrides name."""
+    return ours_timing(model, data_overrides, batch, max_length, steps, work).summary()["s_per_step"]
 
 
 def backbone_folder(model: str, work: Path) -> str:
@@ -102,22 +187,19 @@ def backbone_folder(model: str, work: Path) -> str:
     return resolve_pretrained(OmegaConf.load(REPO_ROOT / "configs" / "model" / f"{model}.yaml").pretrained)
 
 
-def sentence_transformers_seconds_per_step(
-    folder: str, data: Path, batch: int, max_length: int, steps: int, work: Path
-) -> float:
-    from datasets import Dataset
-
-    rows = [json.loads(line) for line in data.read_text().splitlines()]
-    dataset = Dataset.from_dict({"anchor": [r["x"] for r in rows], "positive": [r["y"] for r in rows]})
-    return sentence_transformers_seconds(folder, dataset, batch, max_length, steps, work)
-
-
-def sentence_transformers_seconds(
-    folder: str, dataset, batch: int, max_length: int, steps: int, work: Path, loss: str = "symmetric"
-) -> float:
-    """Median s/step (after the first) of ``SentenceTransformerTrainer`` on ``dataset`` (columns
-    ``anchor``, ``positive`` and any ``negative_*``), last-token pooling over the decoder folder,
-    fp32, CPU; ``loss``: ``symmetric`` (MNSRL) or ``mnrl`` (MultipleNegativesRankingLoss)."""
+def sentence_transformers_timing(
+    folder: str,
+    dataset,
+    batch: int,
+    max_length: int,
+    steps: int,
+    work: Path,
+    loss: str = "symmetric",
+    bf16: bool = False,
+) -> StepTiming:
+    """``SentenceTransformerTrainer`` on ``dataset`` (columns ``anchor``, ``positive`` and any
+    ``negative_*``), last-token pooling over the decoder folder, CPU, fp32 (``bf16``: its autocast);
+    ``loss``: ``symmetric`` (MNSRL) or ``mnrl`` (MultipleNegativesRankingLoss)."""
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.losses import MultipleNegativesRankingLoss, MultipleNegativesSymmetricRankingLoss
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -129,6 +211,8 @@ def sentence_transformers_seconds(
         transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
     pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
     model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+    counter = TokenCounter()
+    counter.install_on_sentence_transformers(transformer.auto_model)
     durations: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -141,7 +225,7 @@ def sentence_transformers_seconds(
     arguments = SentenceTransformerTrainingArguments(
         output_dir=str(work), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-4,
         warmup_steps=0, report_to="none", save_strategy="no", logging_steps=steps, use_cpu=True, seed=0,
-        dataloader_drop_last=True,
+        dataloader_drop_last=True, bf16=bf16,
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(
         model=model, args=arguments, train_dataset=dataset,
@@ -149,7 +233,86 @@ def sentence_transformers_seconds(
         callbacks=[StepTimer()],
     )  # fmt: skip
     trainer.train()
-    return statistics.median(durations[1:])
+    real, computed = counter.per_step(steps)
+    return StepTiming(durations[1:], real, computed)
+
+
+def sentence_transformers_seconds(
+    folder: str, dataset, batch: int, max_length: int, steps: int, work: Path, loss: str = "symmetric"
+) -> float:
+    """Median s/step (after the first) of :func:`sentence_transformers_timing`."""
+    return sentence_transformers_timing(folder, dataset, batch, max_length, steps, work, loss).summary()["s_per_step"]
+
+
+def pairs_dataset(data: Path):
+    from datasets import Dataset
+
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    return Dataset.from_dict({"anchor": [r["x"] for r in rows], "positive": [r["y"] for r in rows]})
+
+
+TRAINERS = {  # name -> (ours?, precision, our extra overrides)
+    "st": (False, "fp32", ()),
+    "ours": (True, "fp32", ()),
+    "ours-packed": (True, "fp32", ("trainer.packing=true",)),
+    "ours-packed-compile": (True, "fp32", ("trainer.packing=true", "trainer.compile=true")),
+    "ours-compile": (True, "fp32", ("trainer.compile=true",)),
+    "st-bf16": (False, "bf16", ()),
+    "ours-bf16": (True, "bf16", ("trainer.mixed_precision=bf16",)),
+    "ours-packed-bf16": (True, "bf16", ("trainer.packing=true", "trainer.mixed_precision=bf16")),
+}
+
+
+def measure_one(trainer: str, args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
+    """One trainer's run in this process: its step timing summary and its non-embedding parameter count."""
+    ours, precision, extra = TRAINERS[trainer]
+    if ours:
+        timing = ours_timing(
+            args.model, ["data=jsonl", f"data.path={data}"], args.batch, args.max_length, args.steps, work, extra
+        )
+    else:
+        timing = sentence_transformers_timing(
+            backbone_folder(args.model, work), pairs_dataset(data), args.batch, args.max_length, args.steps, work,
+            bf16=precision == "bf16",
+        )  # fmt: skip
+    return {"trainer": trainer, "precision": precision, **timing.summary(), "seconds": timing.seconds}
+
+
+def matmul_peak_gflops(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size`` x ``size`` matmul in this process's threads.
+
+    A dtype this CPU only emulates (bf16 without AVX512-BF16/AMX runs ~300x slower than fp32) is
+    timed on one 512 x 512 product instead, which says as much in a fraction of a second.
+    """
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+
+    def seconds(n: int) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        started = time.perf_counter()
+        a @ b
+        return time.perf_counter() - started
+
+    probe = seconds(512)
+    if probe * (size / 512) ** 3 > 5:
+        return 2 * 512**3 / probe / 1e9
+    seconds(size)  # warm-up
+    return 2 * size**3 / min(seconds(size) for _ in range(repeats)) / 1e9
+
+
+def non_embedding_parameters(model: str) -> int:
+    """Parameters of the decoder outside its token (and position) embedding tables: what a token's
+    forward and backward multiply through (~6 FLOPs per parameter per token)."""
+    import torch
+
+    from models import load_backbone
+
+    pretrained = None if model == "tiny" else backbone_folder(model, Path(tempfile.gettempdir()))
+    backbone, _ = load_backbone(pretrained, random_config=TINY_MODEL if model == "tiny" else None)
+    tables = [m for m in backbone.modules() if isinstance(m, torch.nn.Embedding)]
+    embeddings = {id(p) for table in tables for p in table.parameters()}
+    return sum(p.numel() for p in backbone.parameters() if id(p) not in embeddings)
 
 
 def peak_rss_mib() -> float:
@@ -180,12 +343,88 @@ def memory_one(batch: int, chunk: int | None, max_length: int, data: Path) -> No
     print(json.dumps({"batch": batch, "chunk": chunk, "peak_rss_mib": peak_mib, "seconds": seconds}))
 
 
+def run_child(trainer: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One trainer in a fresh process (no state carried between trainers or rounds)."""
+    command = [sys.executable, __file__, "--measure-one", trainer, "--model", args.model, "--batch", str(args.batch),
+               "--max-length", str(args.max_length), "--steps", str(args.steps), "--data-dir", str(args.data_dir),
+               "--work", str(work)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{trainer} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def throughput_table(args: argparse.Namespace, scratch: Path) -> None:
+    """Every trainer once per round, in rotating order; the table of medians, spreads and ratios."""
+    import torch
+
+    print(f"# load average before: {load_average()}")
+    peaks = {name: matmul_peak_gflops(name) for name in ("fp32", "bf16")}
+    print(f"# matmul peak (2048x2048, {torch.get_num_threads()} threads): "
+          f"fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s")  # fmt: skip
+    trainers = list(args.trainers)
+    if peaks["bf16"] < peaks["fp32"] / 4 and not args.force_bf16:
+        skipped = [t for t in trainers if TRAINERS[t][1] == "bf16"]
+        if skipped:
+            print(f"# skipped {skipped}: bf16 matmuls run {peaks['fp32'] / peaks['bf16']:.0f}x slower than fp32 "
+                  "here (no native bf16 on this CPU; --force-bf16 runs them anyway)")  # fmt: skip
+        trainers = [t for t in trainers if t not in skipped]
+    parameters = non_embedding_parameters(args.model)
+    results: dict[str, list[dict[str, Any]]] = {t: [] for t in trainers}
+    for round_ in range(args.rounds):
+        order = trainers[round_ % len(trainers) :] + trainers[: round_ % len(trainers)]
+        for trainer in order:
+            out = run_child(trainer, args, scratch / f"{trainer}-{round_}")
+            results[trainer].append(out)
+            print(f"# round {round_ + 1} {trainer}: {out['s_per_step']:.2f} s/step, "
+                  f"{out['real_tokens_per_s']:.0f} real tokens/s", flush=True)  # fmt: skip
+    peaks_after = {name: matmul_peak_gflops(name) for name in ("fp32", "bf16")}
+    setting = (f"{args.model}, batch {args.batch} pairs, {args.max_length} tokens per side, full fine-tuning, "
+               f"{args.rounds} rounds x {args.steps} steps (first one warm-up), rotating order")  # fmt: skip
+    print(f"\n## Training throughput: {setting}\n")
+    print(f"{parameters / 1e6:.1f}M non-embedding parameters; FLOP/s counted as 6 x parameters x real tokens/s "
+          "(attention left out) against the matmul peak of the same precision measured in this run "
+          f"(fp32 {peaks['fp32']:.1f} before / {peaks_after['fp32']:.1f} after GFLOP/s).\n")  # fmt: skip
+    print(
+        "| trainer | precision | s/step (median; min-max over rounds) | real tokens/s | computed tokens/s | "
+        "real / computed | % of peak (real tokens) | real tokens/s vs sentence-transformers |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    medians: dict[str, dict[str, float]] = {}
+    for trainer, runs in results.items():
+        medians[trainer] = {
+            key: statistics.median(run[key] for run in runs)
+            for key in ("s_per_step", "real_tokens_per_s", "computed_tokens_per_s", "real_fraction")
+        }
+    for trainer, runs in results.items():
+        m, precision = medians[trainer], TRAINERS[trainer][1]
+        per_round = [run["s_per_step"] for run in runs]
+        peer = "st" if precision == "fp32" else "st-bf16"
+        ratio = f"{m['real_tokens_per_s'] / medians[peer]['real_tokens_per_s']:.2f}" if peer in medians else "-"
+        peak_share = 6 * parameters * m["real_tokens_per_s"] / (peaks[precision] * 1e9)
+        print(f"| {trainer} | {precision} | {m['s_per_step']:.2f} ({min(per_round):.2f}-{max(per_round):.2f}) | "
+              f"{m['real_tokens_per_s']:.0f} | {m['computed_tokens_per_s']:.0f} | {m['real_fraction']:.2f} | "
+              f"{100 * peak_share:.0f}% | {ratio} |")  # fmt: skip
+    print(f"\n# load average after: {load_average()}")
+    if args.report:
+        args.report.write_text(json.dumps({"setting": setting, "peaks": peaks, "peaks_after": peaks_after,
+                                           "parameters": parameters, "runs": results}, indent=2))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="a configs/model option, or 'tiny'")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=4, help="steps per trainer; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=4, help="steps per trainer and round; the first is warm-up")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--trainers", nargs="+", default=["st", "ours", "ours-packed"], choices=sorted(TRAINERS))
+    parser.add_argument("--force-bf16", action="store_true", help="run bf16 trainers even where bf16 is emulated")
+    parser.add_argument("--report", type=Path, help="also write every run's figures to this JSON file")
     parser.add_argument("--memory-batches", type=int, nargs="*", default=[64, 256, 1024])
     parser.add_argument("--memory-chunk", type=int, default=32)
     parser.add_argument(
@@ -193,6 +432,8 @@ def main() -> None:
     )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--memory-one", nargs=2, type=int, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure-one", choices=sorted(TRAINERS), help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -203,23 +444,14 @@ def main() -> None:
             batch, chunk = args.memory_one
             memory_one(batch, chunk or None, args.max_length, data)
             return
+        if args.measure_one:
+            print(json.dumps(measure_one(args.measure_one, args, data, args.work)))
+            return
         import torch
 
         print(f"# {count} training pairs; torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs")
         if not args.skip_throughput:
-            ours = ours_seconds_per_step(
-                args.model, ["data=jsonl", f"data.path={data}"], args.batch, args.max_length, args.steps,
-                scratch / "ours",
-            )  # fmt: skip
-            theirs = sentence_transformers_seconds_per_step(
-                backbone_folder(args.model, scratch), data, args.batch, args.max_length, args.steps, scratch / "st"
-            )
-            setting = f"{args.model}, batch {args.batch}, {args.max_length} tokens, full fine-tuning"
-            print(f"\n## Training throughput: {setting}\n")
-            print("| trainer | s/step (median) | pairs/s | ratio |")
-            print("|---|---|---|---|")
-            print(f"| sentence-transformers MNSRL | {theirs:.2f} | {args.batch / theirs:.2f} | 1.00 |")
-            print(f"| ours | {ours:.2f} | {args.batch / ours:.2f} | {theirs / ours:.2f} |")
+            throughput_table(args, scratch)
         if args.memory_batches:
             print(f"\n## Peak RSS of one step (random Llama, hidden {MEMORY_MODEL['hidden_size']}, "
                   f"{MEMORY_MODEL['num_hidden_layers']} layers, {args.max_length} tokens)\n")  # fmt: skip
