@@ -201,12 +201,20 @@ def sentence_transformers_timing(
     ``negative_*``), last-token pooling over the decoder folder, CPU, fp32 (``bf16``: its autocast);
     ``loss``: ``symmetric`` (MNSRL) or ``mnrl`` (MultipleNegativesRankingLoss)."""
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.base.modules.transformer import TRANSFORMER_TASK_DEFAULTS
     from sentence_transformers.losses import MultipleNegativesRankingLoss, MultipleNegativesSymmetricRankingLoss
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from sentence_transformers.training_args import SentenceTransformerTrainingArguments
     from transformers import TrainerCallback
 
-    transformer = Transformer(folder, max_seq_length=max_length)
+    # sentence-transformers 6 renders every text through a tokenizer's chat template when it has one
+    # (SmolLM2's adds a ~20-token system prompt, so at 32 tokens the text itself is mostly cut off):
+    # pin the plain text modality so both trainers see the same tokens.
+    text_modality, output_name = TRANSFORMER_TASK_DEFAULTS["feature-extraction"]
+    transformer = Transformer(
+        folder, max_seq_length=max_length, modality_config={"text": dict(text_modality["text"])},
+        module_output_name=output_name,
+    )  # fmt: skip
     if transformer.tokenizer.pad_token is None:
         transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
     pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
@@ -251,15 +259,18 @@ def pairs_dataset(data: Path):
     return Dataset.from_dict({"anchor": [r["x"] for r in rows], "positive": [r["y"] for r in rows]})
 
 
+PACK_64 = ("trainer.packing=true", "trainer.pack_length=64")
 TRAINERS = {  # name -> (ours?, precision, our extra overrides)
     "st": (False, "fp32", ()),
     "ours": (True, "fp32", ()),
     "ours-packed": (True, "fp32", ("trainer.packing=true",)),
+    "ours-packed-64": (True, "fp32", PACK_64),
     "ours-packed-compile": (True, "fp32", ("trainer.packing=true", "trainer.compile=true")),
     "ours-compile": (True, "fp32", ("trainer.compile=true",)),
     "st-bf16": (False, "bf16", ()),
     "ours-bf16": (True, "bf16", ("trainer.mixed_precision=bf16",)),
     "ours-packed-bf16": (True, "bf16", ("trainer.packing=true", "trainer.mixed_precision=bf16")),
+    "ours-packed-64-bf16": (True, "bf16", (*PACK_64, "trainer.mixed_precision=bf16")),
 }
 
 

@@ -74,6 +74,16 @@ def parameter_groups(
     return [group for group in groups if group["params"]]
 
 
+def adamw(groups: list[dict[str, Any]], settings: TrainerSettings) -> torch.optim.AdamW:
+    """AdamW, fused where the parameters' device has the fused kernel (CPU and CUDA): one kernel per
+    step instead of a loop over tensors, 0.07 s instead of 0.49 s per step for SmolLM2-135M on 2 CPU
+    cores (docs/benchmarks.md)."""
+    try:
+        return torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, fused=True)
+    except (RuntimeError, ValueError):  # a device without the fused kernel
+        return torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas)
+
+
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run contrastive training as configured; return the final metrics and checkpoint path.
 
@@ -162,11 +172,7 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     if settings.compile:
         for backbone in backbones:  # in place: parameter names (and so checkpoints) stay those of the eager model
             backbone.compile(dynamic=True)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, settings.weight_decay, settings.lr, settings.temperature_lr),
-        lr=settings.lr,
-        betas=settings.betas,
-    )
+    optimizer = adamw(parameter_groups(model, settings.weight_decay, settings.lr, settings.temperature_lr), settings)
     # Stepped by hand once per optimizer step (accelerate's wrapper would step it once per process).
     scheduler = get_scheduler(
         settings.scheduler, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps

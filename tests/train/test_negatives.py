@@ -208,7 +208,10 @@ def test_gradcache_equals_the_plain_full_batch_with_negatives(tmp_path, accumula
         train(compose_train_config(overrides(data, *extra), tmp_path), tmp_path / name)
         runs[name] = tmp_path / name
     assert losses(runs["cached"]) == pytest.approx(losses(runs["plain"]), abs=1e-6)
-    assert_same_weights(final_weights(runs["cached"], 2), final_weights(runs["plain"], 2), atol=1e-6)
+    # Weights to 1e-5, not 1e-6: AdamW divides by sqrt(v) + eps, so where a gradient is of the order of
+    # eps (1e-8) the rounding difference between chunked and one-pass gradients moves that element's update
+    # by ~1e-6 (one element of 2,048 here under the fused kernel); the losses above hold to 1e-6.
+    assert_same_weights(final_weights(runs["cached"], 2), final_weights(runs["plain"], 2), atol=1e-5)
 
 
 @pytest.mark.multiprocess

@@ -46,7 +46,9 @@ def losses(run: Path) -> list[float]:
 def assert_same_weights(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor], atol: float) -> None:
     assert left.keys() == right.keys()
     for name in left:
-        torch.testing.assert_close(left[name], right[name], atol=atol, rtol=0, msg=name)
+        torch.testing.assert_close(
+            left[name], right[name], atol=atol, rtol=0, msg=lambda detail, name=name: f"{name}: {detail}"
+        )
 
 
 def run_one_and_two_processes(tmp_path: Path, common: list[str], chunk: str, two_only: tuple[str, ...] = ()) -> None:
