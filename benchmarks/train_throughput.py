@@ -23,6 +23,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -221,14 +222,18 @@ def sentence_transformers_timing(
     model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
     counter = TokenCounter()
     counter.install_on_sentence_transformers(transformer.auto_model)
-    durations: list[float] = []
+    step_ends: list[float] = []
 
     class StepTimer(TrainerCallback):
+        """Wall time from one step's end to the next: like ours, it includes fetching and collating the
+        batch, which the Trainer does before ``on_step_begin``."""
+
         def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
+            if not step_ends:
+                step_ends.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kwargs):
-            durations.append(time.perf_counter() - self.started)
+            step_ends.append(time.perf_counter())
 
     arguments = SentenceTransformerTrainingArguments(
         output_dir=str(work), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-4,
@@ -242,6 +247,7 @@ def sentence_transformers_timing(
     )  # fmt: skip
     trainer.train()
     real, computed = counter.per_step(steps)
+    durations = [end - start for start, end in itertools.pairwise(step_ends)]
     return StepTiming(durations[1:], real, computed)
 
 
