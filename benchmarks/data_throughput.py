@@ -120,7 +120,7 @@ def child(args: argparse.Namespace) -> None:
                 [*model, "trainer=cpu", "logging=none", *files_overrides(args.path, args.child == "stream"),
                  f"trainer.steps={args.steps}", f"trainer.batch_size={args.batch}",
                  f"trainer.max_length={args.max_length}", f"trainer.num_workers={args.workers}",
-                 "trainer.val_pairs=0", "trainer.eval_every=0", "trainer.warmup_steps=0"],
+                 "trainer.val_pairs=0", "trainer.eval_every=0", "trainer.warmup_steps=0", *peer.PADDED_FP32],
                 Path(work),
             )  # fmt: skip
             train(cfg, Path(work))

@@ -53,7 +53,7 @@ def ours_seconds(model: str, path: Path, k: int, batch: int, length: int, steps:
          "data.columns.x=query", "data.columns.y=positive", "data.columns.negatives=negative_*",
          f"data.num_negatives={k}", f"trainer.steps={steps}", f"trainer.batch_size={batch}",
          f"trainer.max_length={length}", "trainer.train_top_layers=null", "trainer.val_pairs=0",
-         "trainer.eval_every=0", "trainer.warmup_steps=0"],
+         "trainer.eval_every=0", "trainer.warmup_steps=0", *peer.PADDED_FP32],
         work,
     )  # fmt: skip
     train(cfg, work)

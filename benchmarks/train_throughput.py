@@ -72,6 +72,17 @@ def compose(overrides: list[str], output_dir: Path):
     return cfg
 
 
+# The trainer as the sentence-transformers peer runs by default: padded rows, fp32 (the cpu trainer config's
+# own defaults may pack and pick bf16); a measured variant's overrides replace these.
+PADDED_FP32 = ("trainer.packing=false", "trainer.mixed_precision=no")
+
+
+def with_overrides(base: tuple[str, ...], extra: tuple[str, ...]) -> list[str]:
+    """``base`` with each key that ``extra`` sets replaced by ``extra``'s value (Hydra refuses a key twice)."""
+    chosen = {override.split("=", 1)[0] for override in extra}
+    return [override for override in base if override.split("=", 1)[0] not in chosen] + list(extra)
+
+
 def model_overrides(model: str) -> list[str]:
     if model == "tiny":
         return ["model=tiny-random"] + [f"model.random_config.{k}={v}" for k, v in TINY_MODEL.items()]
@@ -80,11 +91,13 @@ def model_overrides(model: str) -> list[str]:
 
 @dataclass
 class StepTiming:
-    """Per timed step (the warm-up step left out): seconds, real tokens, and tokens the model computed on
-    (padded rows, or packed sequences)."""
+    """Per timed step (the warm-up step left out): seconds, real tokens (every token of a row, our
+    delimiters included), text tokens (real tokens less our two delimiters per row: the tokens both
+    trainers see), and tokens the model computed on (padded rows, or packed sequences)."""
 
     seconds: list[float]
     real_tokens: list[int]
+    text_tokens: list[int]
     computed_tokens: list[int]
 
     def summary(self) -> dict[str, float]:
@@ -92,16 +105,18 @@ class StepTiming:
         return {
             "s_per_step": statistics.median(self.seconds),
             "real_tokens_per_s": sum(self.real_tokens) / seconds,
+            "text_tokens_per_s": sum(self.text_tokens) / seconds,
             "computed_tokens_per_s": sum(self.computed_tokens) / seconds,
             "real_fraction": sum(self.real_tokens) / sum(self.computed_tokens),
         }
 
 
 class TokenCounter:
-    """Counts, per forward of the embedder's backbone, the real tokens and the tokens computed on."""
+    """Counts, per forward of the embedder's backbone, the real, text and computed tokens."""
 
     def __init__(self) -> None:
         self.real: list[int] = []
+        self.text: list[int] = []
         self.computed: list[int] = []
 
     def install_on_ours(self) -> None:
@@ -112,6 +127,7 @@ class TokenCounter:
 
         def counted(backbone, input_ids, attention_mask, pack_tokens=None):
             self.real.append(int(attention_mask.sum()))
+            self.text.append(self.real[-1] - 2 * input_ids.shape[0])  # each row: open + text + close
             shape = input_ids if pack_tokens is None else pack_rows(input_ids, attention_mask, pack_tokens).input_ids
             self.computed.append(shape.numel())
             return pool(backbone, input_ids, attention_mask, pack_tokens)
@@ -123,19 +139,23 @@ class TokenCounter:
 
         def counted(*args, **kwargs):
             self.real.append(int(kwargs["attention_mask"].sum()))
+            self.text.append(self.real[-1])
             self.computed.append(kwargs["input_ids"].numel())
             return forward(*args, **kwargs)
 
         auto_model.forward = counted
 
-    def per_step(self, steps: int) -> tuple[list[int], list[int]]:
-        """Counts summed per step (forwards split evenly over ``steps``), warm-up step dropped."""
+    def timing(self, seconds: list[float], steps: int) -> StepTiming:
+        """``seconds`` of the timed steps with the counts summed per step (forwards split evenly over
+        ``steps``), warm-up step dropped."""
         if len(self.real) % steps:
             raise RuntimeError(f"{len(self.real)} backbone forwards do not split into {steps} steps")
         size = len(self.real) // steps
-        real = [sum(self.real[i : i + size]) for i in range(0, len(self.real), size)]
-        computed = [sum(self.computed[i : i + size]) for i in range(0, len(self.computed), size)]
-        return real[1:], computed[1:]
+
+        def per_step(counts: list[int]) -> list[int]:
+            return [sum(counts[i : i + size]) for i in range(0, len(counts), size)][1:]
+
+        return StepTiming(seconds, per_step(self.real), per_step(self.text), per_step(self.computed))
 
 
 def ours_timing(
@@ -156,13 +176,12 @@ def ours_timing(
         [*model_overrides(model), "trainer=cpu", "logging=none", *data_overrides,
          f"trainer.steps={steps}", f"trainer.batch_size={batch}", f"trainer.max_length={max_length}",
          "trainer.train_top_layers=null", "trainer.val_pairs=0", "trainer.eval_every=0", "trainer.warmup_steps=0",
-         *extra],
+         *with_overrides(PADDED_FP32, extra)],
         work,
     )  # fmt: skip
     train(cfg, work)
     records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    real, computed = counter.per_step(steps)
-    return StepTiming([batch / r["pairs_per_s"] for r in records[1:]], real, computed)
+    return counter.timing([batch / r["pairs_per_s"] for r in records[1:]], steps)
 
 
 def ours_seconds_per_step(
@@ -246,9 +265,8 @@ def sentence_transformers_timing(
         callbacks=[StepTimer()],
     )  # fmt: skip
     trainer.train()
-    real, computed = counter.per_step(steps)
     durations = [end - start for start, end in itertools.pairwise(step_ends)]
-    return StepTiming(durations[1:], real, computed)
+    return counter.timing(durations[1:], steps)
 
 
 def sentence_transformers_seconds(
@@ -402,34 +420,54 @@ def throughput_table(args: argparse.Namespace, scratch: Path) -> None:
     peaks_after = {name: matmul_peak_gflops(name) for name in ("fp32", "bf16")}
     setting = (f"{args.model}, batch {args.batch} pairs, {args.max_length} tokens per side, full fine-tuning, "
                f"{args.rounds} rounds x {args.steps} steps (first one warm-up), rotating order")  # fmt: skip
-    print(f"\n## Training throughput: {setting}\n")
+    report = {"setting": setting, "batch": args.batch, "peaks": peaks, "peaks_after": peaks_after,
+              "parameters": parameters, "runs": results}  # fmt: skip
+    print_throughput_table(report)
+    print(f"\n# load average after: {load_average()}")
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2))
+
+
+RATES = ("s_per_step", "real_tokens_per_s", "text_tokens_per_s", "computed_tokens_per_s", "real_fraction")
+
+
+def print_throughput_table(report: dict[str, Any]) -> None:
+    """The table of one run's figures (what ``--report`` wrote; ``--table-from`` prints it again)."""
+    peaks, parameters, results = report["peaks"], report["parameters"], report["runs"]
+    print(f"\n## Training throughput: {report['setting']}\n")
     print(f"{parameters / 1e6:.1f}M non-embedding parameters; FLOP/s counted as 6 x parameters x real tokens/s "
           "(attention left out) against the matmul peak of the same precision measured in this run "
-          f"(fp32 {peaks['fp32']:.1f} before / {peaks_after['fp32']:.1f} after GFLOP/s).\n")  # fmt: skip
+          f"(fp32 {peaks['fp32']:.1f} / bf16 {peaks['bf16']:.1f} GFLOP/s before; "
+          f"{report['peaks_after']['fp32']:.1f} / {report['peaks_after']['bf16']:.1f} after). Real tokens "
+          "include our two delimiters per row, text tokens do not (sentence-transformers adds none): text "
+          "tokens/s is the like-for-like rate.\n")  # fmt: skip
     print(
-        "| trainer | precision | s/step (median; min-max over rounds) | real tokens/s | computed tokens/s | "
-        "real / computed | % of peak (real tokens) | real tokens/s vs sentence-transformers |"
+        "| trainer | precision | s/step (median; min-max over rounds) | pairs/s | real tokens/s | text tokens/s | "
+        "computed tokens/s | real / computed | % of peak (real tokens) | vs sentence-transformers: pairs/s | "
+        "real tokens/s | text tokens/s |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     medians: dict[str, dict[str, float]] = {}
     for trainer, runs in results.items():
         medians[trainer] = {
             key: statistics.median(run[key] for run in runs)
-            for key in ("s_per_step", "real_tokens_per_s", "computed_tokens_per_s", "real_fraction")
+            for key in RATES
+            if key in runs[0]  # text tokens: not in reports written before they were counted
         }
     for trainer, runs in results.items():
         m, precision = medians[trainer], TRAINERS[trainer][1]
         per_round = [run["s_per_step"] for run in runs]
-        peer = "st" if precision == "fp32" else "st-bf16"
-        ratio = f"{m['real_tokens_per_s'] / medians[peer]['real_tokens_per_s']:.2f}" if peer in medians else "-"
+        peer = medians.get("st" if precision == "fp32" else "st-bf16")
+        pairs_ratio = f"{peer['s_per_step'] / m['s_per_step']:.2f}" if peer else "-"
+        tokens_ratio = f"{m['real_tokens_per_s'] / peer['real_tokens_per_s']:.2f}" if peer else "-"
+        text = m.get("text_tokens_per_s")
+        text_rate = "-" if text is None else f"{text:.0f}"
+        text_ratio = f"{text / peer['text_tokens_per_s']:.2f}" if peer and text is not None else "-"
         peak_share = 6 * parameters * m["real_tokens_per_s"] / (peaks[precision] * 1e9)
         print(f"| {trainer} | {precision} | {m['s_per_step']:.2f} ({min(per_round):.2f}-{max(per_round):.2f}) | "
-              f"{m['real_tokens_per_s']:.0f} | {m['computed_tokens_per_s']:.0f} | {m['real_fraction']:.2f} | "
-              f"{100 * peak_share:.0f}% | {ratio} |")  # fmt: skip
-    print(f"\n# load average after: {load_average()}")
-    if args.report:
-        args.report.write_text(json.dumps({"setting": setting, "peaks": peaks, "peaks_after": peaks_after,
-                                           "parameters": parameters, "runs": results}, indent=2))  # fmt: skip
+              f"{report['batch'] / m['s_per_step']:.2f} | {m['real_tokens_per_s']:.0f} | {text_rate} | "
+              f"{m['computed_tokens_per_s']:.0f} | {m['real_fraction']:.2f} | {100 * peak_share:.0f}% | "
+              f"{pairs_ratio} | {tokens_ratio} | {text_ratio} |")  # fmt: skip
 
 
 def main() -> None:
@@ -448,10 +486,16 @@ def main() -> None:
         "--data-dir", type=Path, default=Path(os.environ.get("CPT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
     )
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--table-from", type=Path, help="print the throughput table of an earlier --report and exit")
     parser.add_argument("--memory-one", nargs=2, type=int, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     parser.add_argument("--measure-one", choices=sorted(TRAINERS), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.table_from:
+        report = json.loads(args.table_from.read_text())
+        report.setdefault("batch", args.batch)  # reports written before the key existed
+        print_throughput_table(report)
+        return
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

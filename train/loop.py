@@ -134,7 +134,8 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     log_with, wandb_kwargs = tracker_settings(cfg.logging.backend, cfg.logging.mode)
     remove_leftovers(output_dir)
     resume_from = find_resume_checkpoint(output_dir, cfg.get("resume"))
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision, log_with=log_with, project_dir=str(output_dir))
+    precision = settings.resolved_mixed_precision()
+    accelerator = Accelerator(mixed_precision=precision, log_with=log_with, project_dir=str(output_dir))
     if accelerator.distributed_type == DistributedType.DEEPSPEED and (
         settings.gradcache_chunk or settings.grad_accum_steps > 1
     ):
@@ -208,11 +209,12 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
         total = sum(p.numel() for p in embedder.parameters())
         logger.info(
             "training %s on %s pairs (%s): steps %d..%d x %d pairs (%d processes), %d in-batch negatives per item%s; "
-            "%d of %d parameters trainable",
+            "%d of %d parameters trainable; mixed precision %s%s",
             cfg.name, "a stream of" if data.train_rows is None else data.train_rows, ", ".join(data.names),
             start_step + 1, settings.steps, data.global_batch, world, settings.batch_size * world - 1,
             f" + up to {data.num_negatives} hard negatives per row (x -> y)" if data.num_negatives else "",
-            trainable, total,
+            trainable, total, accelerator.mixed_precision,
+            " (auto)" if settings.mixed_precision == "auto" else "",
         )  # fmt: skip
     return Run(
         cfg=cfg, settings=settings, output_dir=output_dir, accelerator=accelerator, model=model, embedder=embedder,

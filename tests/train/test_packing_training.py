@@ -1,5 +1,5 @@
 """``trainer.packing=true`` trains exactly as padded batches do: plain, GradCache, accumulation,
-hard negatives, Matryoshka, and 2 processes."""
+hard negatives, Matryoshka, and 2 processes; and which precision ``trainer.mixed_precision=auto`` picks."""
 
 from __future__ import annotations
 
@@ -49,3 +49,18 @@ def test_pack_length_shorter_than_a_row_is_refused() -> None:
     assert TrainerSettings.from_config({**base, "packing": False}).pack_tokens is None
     with pytest.raises(ValueError, match="pack_length must be >= trainer.max_length"):
         TrainerSettings.from_config({**base, "pack_length": 16})
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, native: bool) -> None:
+    import train.settings
+
+    monkeypatch.setattr(train.settings, "native_bf16", lambda: native)
+    base = {"steps": 1, "batch_size": 2, "max_length": 32, "lr": 1e-4}
+    assert TrainerSettings.from_config({**base, "mixed_precision": "auto"}).resolved_mixed_precision() == (
+        "bf16" if native else "no"
+    )
+    for explicit in ("no", "bf16"):  # explicit choices are kept whatever the hardware
+        assert TrainerSettings.from_config({**base, "mixed_precision": explicit}).resolved_mixed_precision() == explicit
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        TrainerSettings.from_config({**base, "mixed_precision": "bf32"})
