@@ -96,6 +96,7 @@ class StepTiming:
     trainers see), and tokens the model computed on (padded rows, or packed sequences)."""
 
     seconds: list[float]
+    warmup_seconds: float
     real_tokens: list[int]
     text_tokens: list[int]
     computed_tokens: list[int]
@@ -104,6 +105,7 @@ class StepTiming:
         seconds = sum(self.seconds)
         return {
             "s_per_step": statistics.median(self.seconds),
+            "warmup_s": self.warmup_seconds,  # the first step: one-off costs such as torch.compile's
             "real_tokens_per_s": sum(self.real_tokens) / seconds,
             "text_tokens_per_s": sum(self.text_tokens) / seconds,
             "computed_tokens_per_s": sum(self.computed_tokens) / seconds,
@@ -146,8 +148,8 @@ class TokenCounter:
         auto_model.forward = counted
 
     def timing(self, seconds: list[float], steps: int) -> StepTiming:
-        """``seconds`` of the timed steps with the counts summed per step (forwards split evenly over
-        ``steps``), warm-up step dropped."""
+        """``seconds`` of every step, the first (warm-up) kept apart, with the counts summed per step
+        (forwards split evenly over ``steps``), the warm-up step's dropped."""
         if len(self.real) % steps:
             raise RuntimeError(f"{len(self.real)} backbone forwards do not split into {steps} steps")
         size = len(self.real) // steps
@@ -155,7 +157,7 @@ class TokenCounter:
         def per_step(counts: list[int]) -> list[int]:
             return [sum(counts[i : i + size]) for i in range(0, len(counts), size)][1:]
 
-        return StepTiming(seconds, per_step(self.real), per_step(self.text), per_step(self.computed))
+        return StepTiming(seconds[1:], seconds[0], per_step(self.real), per_step(self.text), per_step(self.computed))
 
 
 def ours_timing(
@@ -181,7 +183,7 @@ def ours_timing(
     )  # fmt: skip
     train(cfg, work)
     records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    return counter.timing([batch / r["pairs_per_s"] for r in records[1:]], steps)
+    return counter.timing([batch / r["pairs_per_s"] for r in records], steps)
 
 
 def ours_seconds_per_step(
@@ -266,7 +268,7 @@ def sentence_transformers_timing(
     )  # fmt: skip
     trainer.train()
     durations = [end - start for start, end in itertools.pairwise(step_ends)]
-    return counter.timing(durations[1:], steps)
+    return counter.timing(durations, steps)
 
 
 def sentence_transformers_seconds(
@@ -284,6 +286,7 @@ def pairs_dataset(data: Path):
 
 
 PACK_64 = ("trainer.packing=true", "trainer.pack_length=64")
+COMPILE = "trainer.compile=true"
 TRAINERS = {  # name -> (ours?, precision, our extra overrides)
     "st": (False, "fp32", ()),
     "ours": (True, "fp32", ()),
@@ -294,6 +297,11 @@ TRAINERS = {  # name -> (ours?, precision, our extra overrides)
     "st-bf16": (False, "bf16", ()),
     "ours-bf16": (True, "bf16", ("trainer.mixed_precision=bf16",)),
     "ours-packed-bf16": (True, "bf16", ("trainer.packing=true", "trainer.mixed_precision=bf16")),
+    "ours-packed-bf16-compile": (
+        True,
+        "bf16",
+        ("trainer.packing=true", "trainer.mixed_precision=bf16", "trainer.compile=true"),
+    ),
     "ours-packed-64-bf16": (True, "bf16", (*PACK_64, "trainer.mixed_precision=bf16")),
 }
 
@@ -428,7 +436,7 @@ def throughput_table(args: argparse.Namespace, scratch: Path) -> None:
         args.report.write_text(json.dumps(report, indent=2))
 
 
-RATES = ("s_per_step", "real_tokens_per_s", "text_tokens_per_s", "computed_tokens_per_s", "real_fraction")
+RATES = ("s_per_step", "warmup_s", "real_tokens_per_s", "text_tokens_per_s", "computed_tokens_per_s", "real_fraction")
 
 
 def print_throughput_table(report: dict[str, Any]) -> None:
@@ -442,11 +450,11 @@ def print_throughput_table(report: dict[str, Any]) -> None:
           "include our two delimiters per row, text tokens do not (sentence-transformers adds none): text "
           "tokens/s is the like-for-like rate.\n")  # fmt: skip
     print(
-        "| trainer | precision | s/step (median; min-max over rounds) | pairs/s | real tokens/s | text tokens/s | "
-        "computed tokens/s | real / computed | % of peak (real tokens) | vs sentence-transformers: pairs/s | "
-        "real tokens/s | text tokens/s |"
+        "| trainer | precision | s/step (median; min-max over rounds) | first step s | pairs/s | real tokens/s | "
+        "text tokens/s | computed tokens/s | real / computed | % of peak (real tokens) | "
+        "vs sentence-transformers: pairs/s | real tokens/s | text tokens/s |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     medians: dict[str, dict[str, float]] = {}
     for trainer, runs in results.items():
         medians[trainer] = {
@@ -464,8 +472,9 @@ def print_throughput_table(report: dict[str, Any]) -> None:
         text_rate = "-" if text is None else f"{text:.0f}"
         text_ratio = f"{text / peer['text_tokens_per_s']:.2f}" if peer and text is not None else "-"
         peak_share = 6 * parameters * m["real_tokens_per_s"] / (peaks[precision] * 1e9)
+        warmup = f"{m['warmup_s']:.1f}" if "warmup_s" in m else "-"
         print(f"| {trainer} | {precision} | {m['s_per_step']:.2f} ({min(per_round):.2f}-{max(per_round):.2f}) | "
-              f"{report['batch'] / m['s_per_step']:.2f} | {m['real_tokens_per_s']:.0f} | {text_rate} | "
+              f"{warmup} | {report['batch'] / m['s_per_step']:.2f} | {m['real_tokens_per_s']:.0f} | {text_rate} | "
               f"{m['computed_tokens_per_s']:.0f} | {m['real_fraction']:.2f} | {100 * peak_share:.0f}% | "
               f"{pairs_ratio} | {tokens_ratio} | {text_ratio} |")  # fmt: skip
 
