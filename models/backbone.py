@@ -8,6 +8,7 @@ user's cache; every later load reads that folder like any Hugging Face model.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from models.tokenization import byte_level_tokenizer
@@ -117,10 +119,43 @@ def resolve_pretrained(pretrained: str, cache_dir: Path | None = None) -> str:
     return pretrained  # a hub id, e.g. Qwen/Qwen3-0.6B
 
 
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# attention implementation -> the module it needs beyond torch and transformers (None: none)
+ATTENTION_IMPLEMENTATIONS = {
+    "sdpa": None,
+    "eager": None,
+    "flex_attention": None,
+    "flash_attention_2": ("flash_attn", "flash-attn"),
+    "flash_attention_3": ("flash_attn_interface", "flash-attn 3 (the hopper build of flash-attention)"),
+}
+
+
+def weight_dtype(name: str) -> torch.dtype:
+    """``model.dtype`` -> the torch dtype the backbone's weights are loaded in."""
+    if name not in WEIGHT_DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(WEIGHT_DTYPES)}, got {name!r}")
+    return WEIGHT_DTYPES[name]
+
+
+def check_attention_implementation(name: str) -> str:
+    """``model.attn_implementation``, refused when unknown or when its package is not installed."""
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"model.attn_implementation must be one of {sorted(ATTENTION_IMPLEMENTATIONS)}, got {name!r}")
+    needed = ATTENTION_IMPLEMENTATIONS[name]
+    if needed is not None and importlib.util.find_spec(needed[0]) is None:
+        raise ValueError(
+            f"model.attn_implementation={name} needs {needed[1]} (module {needed[0]!r}), which is not installed "
+            "here; install it on a machine with a supported GPU, or use sdpa (the default) or eager"
+        )
+    return name
+
+
 def load_backbone(
     pretrained: str | None,
     random_config: Mapping[str, Any] | None = None,
     cache_dir: Path | None = None,
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a decoder's base model (no LM head) and its tokenizer.
 
@@ -128,7 +163,13 @@ def load_backbone(
         pretrained: an offline alias (``smollm2-135m``), a local folder, or a hub id.
         random_config: instead of ``pretrained``, a transformers config as a dict (with
             ``model_type``) to build a randomly initialised backbone with a byte-level tokenizer.
+        dtype: the weights' dtype (``float32``, ``bfloat16``, ``float16``): ``bfloat16`` halves the
+            memory of weights, gradients and optimizer state for models whose fp32 copy would not fit.
+        attn_implementation: transformers' attention kernel (``sdpa``, ``eager``, ``flex_attention``,
+            ``flash_attention_2``/``_3`` when flash-attention is installed).
     """
+    torch_dtype = weight_dtype(dtype)
+    check_attention_implementation(attn_implementation)
     if (pretrained is None) == (random_config is None):
         raise ValueError("give exactly one of model.pretrained (name or folder) and model.random_config")
     if random_config is not None:
@@ -139,10 +180,10 @@ def load_backbone(
         tokenizer = byte_level_tokenizer()
         fields.setdefault("vocab_size", len(tokenizer))
         config = AutoConfig.for_model(model_type, **fields)
-        return AutoModel.from_config(config), tokenizer
+        return AutoModel.from_config(config, dtype=torch_dtype, attn_implementation=attn_implementation), tokenizer
     source = resolve_pretrained(pretrained, cache_dir)
     try:
-        model = AutoModel.from_pretrained(source)
+        model = AutoModel.from_pretrained(source, dtype=torch_dtype, attn_implementation=attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as error:
         raise OSError(

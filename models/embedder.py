@@ -112,8 +112,13 @@ class DecoderEmbedder(nn.Module):
         gradient_checkpointing: bool = False,
         seed: int | None = None,
         matryoshka_dims: Sequence[int] | None = None,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
     ) -> DecoderEmbedder:
         """Load a pretrained decoder (or build a random one) and add the tower's delimiters.
+
+        ``dtype`` and ``attn_implementation`` are the backbone's weight dtype and attention kernel
+        (:func:`models.backbone.load_backbone`); the temperature and projection stay float32.
 
         New delimiter embeddings start as the mean embedding of the tokens spelling the side's
         name and role (e.g. ``"<query>"``), so they begin near meaningful tokens, not noise.
@@ -122,7 +127,9 @@ class DecoderEmbedder(nn.Module):
         if seed is not None:
             torch.manual_seed(seed)
         parsed = parse_sides(sides)
-        backbone, tokenizer = load_backbone(pretrained, random_config)
+        backbone, tokenizer = load_backbone(
+            pretrained, random_config, dtype=dtype, attn_implementation=attn_implementation
+        )
         add_delimiters(backbone, tokenizer, parsed.values())
         if gradient_checkpointing:
             enable_activation_checkpointing(backbone)

@@ -209,11 +209,12 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
         total = sum(p.numel() for p in embedder.parameters())
         logger.info(
             "training %s on %s pairs (%s): steps %d..%d x %d pairs (%d processes), %d in-batch negatives per item%s; "
-            "%d of %d parameters trainable; mixed precision %s%s",
+            "%d of %d parameters trainable (weights in %s); mixed precision %s%s",
             cfg.name, "a stream of" if data.train_rows is None else data.train_rows, ", ".join(data.names),
             start_step + 1, settings.steps, data.global_batch, world, settings.batch_size * world - 1,
             f" + up to {data.num_negatives} hard negatives per row (x -> y)" if data.num_negatives else "",
-            trainable, total, accelerator.mixed_precision,
+            trainable, total, "/".join(sorted({str(p.dtype).removeprefix("torch.") for p in embedder.parameters()})),
+            accelerator.mixed_precision,
             " (auto)" if settings.mixed_precision == "auto" else "",
         )  # fmt: skip
     return Run(
