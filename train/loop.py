@@ -204,6 +204,14 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
             config=OmegaConf.to_container(cfg, resolve=True),
             init_kwargs={"wandb": {**wandb_kwargs, "name": cfg.name, "dir": str(output_dir)}},
         )
+    low_precision = sorted({str(p.dtype) for p in embedder.parameters() if p.requires_grad and p.element_size() < 4})
+    if low_precision and accelerator.is_main_process:
+        logger.warning(
+            "training weights held in %s directly: AdamW's small updates are mostly lost to rounding "
+            "(the offline default with model.dtype=bfloat16 reached held-out top-1 0.65 instead of 0.92); "
+            "keep trained weights in float32 and use bfloat16 for frozen ones",
+            "/".join(low_precision),
+        )
     if accelerator.is_main_process:
         trainable = sum(p.numel() for p in embedder.parameters() if p.requires_grad)
         total = sum(p.numel() for p in embedder.parameters())
