@@ -7,10 +7,11 @@ Two tables, both measured in the same run on this machine:
    same decoder, batch size, sequence length and data (STS-B/MRPC paraphrase pairs), full
    fine-tuning. Each trainer runs in its own fresh process, the trainers alternate over ``--rounds``
    rounds in a rotating order, and the table gives the median seconds per step (warm-up step left
-   out) with the spread, real tokens/s (tokens of the texts) and computed tokens/s (padded rows or
-   packed sequences), the fraction of this machine's matmul peak (measured in the same run, fp32
-   and bf16) that 6 x non-embedding parameters x real tokens/s reaches, and the ratio to
-   sentence-transformers at the same precision. The load average is printed before and after;
+   out) with the spread; real tokens/s (every token of a row), text tokens/s (less our two
+   delimiters per row) and computed tokens/s (padded rows or packed sequences); the fraction of
+   this machine's matmul peak (measured in the same run, fp32 and bf16) that 6 x non-embedding
+   parameters x real tokens/s reaches; and the ratios to sentence-transformers at the same
+   precision. The load average is printed before and after;
 2. peak RSS of one training step of our trainer at several batch sizes, plain and with GradCache
    (each configuration in a fresh process, read from ``VmHWM``).
 
@@ -122,19 +123,27 @@ class TokenCounter:
         self.computed: list[int] = []
 
     def install_on_ours(self) -> None:
+        """Wraps ``DecoderEmbedder._pool`` (real and text tokens of the padded rows) and, for packed
+        steps, ``models.packing.pack_rows`` (the packed size), so nothing is packed twice in a timed step."""
+        import models.packing
         from models.embedder import DecoderEmbedder
-        from models.packing import pack_rows
 
-        pool = DecoderEmbedder._pool
+        pool, pack = DecoderEmbedder._pool, models.packing.pack_rows
 
-        def counted(backbone, input_ids, attention_mask, pack_tokens=None):
+        def counted_pool(backbone, input_ids, attention_mask, pack_tokens=None):
             self.real.append(int(attention_mask.sum()))
             self.text.append(self.real[-1] - 2 * input_ids.shape[0])  # each row: open + text + close
-            shape = input_ids if pack_tokens is None else pack_rows(input_ids, attention_mask, pack_tokens).input_ids
-            self.computed.append(shape.numel())
+            if pack_tokens is None:
+                self.computed.append(input_ids.numel())
             return pool(backbone, input_ids, attention_mask, pack_tokens)
 
-        DecoderEmbedder._pool = staticmethod(counted)
+        def counted_pack(input_ids, attention_mask, capacity):
+            packed = pack(input_ids, attention_mask, capacity)
+            self.computed.append(packed.input_ids.numel())
+            return packed
+
+        DecoderEmbedder._pool = staticmethod(counted_pool)
+        models.packing.pack_rows = counted_pack
 
     def install_on_sentence_transformers(self, auto_model) -> None:
         forward = auto_model.forward
@@ -285,24 +294,20 @@ def pairs_dataset(data: Path):
     return Dataset.from_dict({"anchor": [r["x"] for r in rows], "positive": [r["y"] for r in rows]})
 
 
-PACK_64 = ("trainer.packing=true", "trainer.pack_length=64")
-COMPILE = "trainer.compile=true"
+PACK, PACK_64 = ("trainer.packing=true",), ("trainer.packing=true", "trainer.pack_length=64")
+BF16, COMPILE = ("trainer.mixed_precision=bf16",), ("trainer.compile=true",)
 TRAINERS = {  # name -> (ours?, precision, our extra overrides)
     "st": (False, "fp32", ()),
     "ours": (True, "fp32", ()),
-    "ours-packed": (True, "fp32", ("trainer.packing=true",)),
+    "ours-packed": (True, "fp32", PACK),
     "ours-packed-64": (True, "fp32", PACK_64),
-    "ours-packed-compile": (True, "fp32", ("trainer.packing=true", "trainer.compile=true")),
-    "ours-compile": (True, "fp32", ("trainer.compile=true",)),
+    "ours-packed-compile": (True, "fp32", (*PACK, *COMPILE)),
+    "ours-compile": (True, "fp32", COMPILE),
     "st-bf16": (False, "bf16", ()),
-    "ours-bf16": (True, "bf16", ("trainer.mixed_precision=bf16",)),
-    "ours-packed-bf16": (True, "bf16", ("trainer.packing=true", "trainer.mixed_precision=bf16")),
-    "ours-packed-bf16-compile": (
-        True,
-        "bf16",
-        ("trainer.packing=true", "trainer.mixed_precision=bf16", "trainer.compile=true"),
-    ),
-    "ours-packed-64-bf16": (True, "bf16", (*PACK_64, "trainer.mixed_precision=bf16")),
+    "ours-bf16": (True, "bf16", BF16),
+    "ours-packed-bf16": (True, "bf16", (*PACK, *BF16)),
+    "ours-packed-bf16-compile": (True, "bf16", (*PACK, *BF16, *COMPILE)),
+    "ours-packed-64-bf16": (True, "bf16", (*PACK_64, *BF16)),
 }
 
 

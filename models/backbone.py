@@ -137,7 +137,7 @@ def weight_dtype(name: str) -> torch.dtype:
     return WEIGHT_DTYPES[name]
 
 
-def check_attention_implementation(name: str) -> str:
+def check_attention_implementation(name: str) -> None:
     """``model.attn_implementation``, refused when unknown or when its package is not installed."""
     if name not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"model.attn_implementation must be one of {sorted(ATTENTION_IMPLEMENTATIONS)}, got {name!r}")
@@ -147,7 +147,6 @@ def check_attention_implementation(name: str) -> str:
             f"model.attn_implementation={name} needs {needed[1]} (module {needed[0]!r}), which is not installed "
             "here; install it on a machine with a supported GPU, or use sdpa (the default) or eager"
         )
-    return name
 
 
 def load_backbone(

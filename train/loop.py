@@ -134,8 +134,9 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     log_with, wandb_kwargs = tracker_settings(cfg.logging.backend, cfg.logging.mode)
     remove_leftovers(output_dir)
     resume_from = find_resume_checkpoint(output_dir, cfg.get("resume"))
-    precision = settings.resolved_mixed_precision()
-    accelerator = Accelerator(mixed_precision=precision, log_with=log_with, project_dir=str(output_dir))
+    accelerator = Accelerator(
+        mixed_precision=settings.resolved_mixed_precision(), log_with=log_with, project_dir=str(output_dir)
+    )
     if accelerator.distributed_type == DistributedType.DEEPSPEED and (
         settings.gradcache_chunk or settings.grad_accum_steps > 1
     ):
@@ -204,24 +205,26 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
             config=OmegaConf.to_container(cfg, resolve=True),
             init_kwargs={"wandb": {**wandb_kwargs, "name": cfg.name, "dir": str(output_dir)}},
         )
-    low_precision = sorted({str(p.dtype) for p in embedder.parameters() if p.requires_grad and p.element_size() < 4})
-    if low_precision and accelerator.is_main_process:
-        logger.warning(
-            "training weights held in %s directly: AdamW's small updates are mostly lost to rounding "
-            "(the offline default with model.dtype=bfloat16 reached held-out top-1 0.65 instead of 0.92); "
-            "keep trained weights in float32 and use bfloat16 for frozen ones",
-            "/".join(low_precision),
-        )
     if accelerator.is_main_process:
-        trainable = sum(p.numel() for p in embedder.parameters() if p.requires_grad)
         total = sum(p.numel() for p in embedder.parameters())
+        dtypes = {str(p.dtype).removeprefix("torch.") for p in embedder.parameters()}
+        trained = [p for p in embedder.parameters() if p.requires_grad]
+        trainable = sum(p.numel() for p in trained)
+        trained_low = sorted({str(p.dtype).removeprefix("torch.") for p in trained if p.element_size() < 4})
+        if trained_low:
+            logger.warning(
+                "training weights held in %s directly: AdamW's small updates are mostly lost to rounding "
+                "(the offline default with model.dtype=bfloat16 reached held-out top-1 0.65 instead of 0.92); "
+                "keep trained weights in float32 and use bfloat16 for frozen ones",
+                "/".join(trained_low),
+            )
         logger.info(
             "training %s on %s pairs (%s): steps %d..%d x %d pairs (%d processes), %d in-batch negatives per item%s; "
             "%d of %d parameters trainable (weights in %s); mixed precision %s%s",
             cfg.name, "a stream of" if data.train_rows is None else data.train_rows, ", ".join(data.names),
             start_step + 1, settings.steps, data.global_batch, world, settings.batch_size * world - 1,
             f" + up to {data.num_negatives} hard negatives per row (x -> y)" if data.num_negatives else "",
-            trainable, total, "/".join(sorted({str(p.dtype).removeprefix("torch.") for p in embedder.parameters()})),
+            trainable, total, "/".join(sorted(dtypes)),
             accelerator.mixed_precision,
             " (auto)" if settings.mixed_precision == "auto" else "",
         )  # fmt: skip
