@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from models.tokenization import byte_level_tokenizer
@@ -190,3 +191,11 @@ def load_backbone(
             f"({sorted(OFFLINE_ALIASES)}), and the hub could not provide it ({error})"
         ) from None
     return model, tokenizer
+
+
+def transformer_blocks(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of blocks: its largest ``nn.ModuleList`` (``layers`` or ``h``)."""
+    lists = [module for module in backbone.children() if isinstance(module, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(backbone).__name__} has no ModuleList of blocks (layers / h)")
+    return max(lists, key=lambda blocks: sum(p.numel() for p in blocks.parameters()))

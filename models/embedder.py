@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from models.backbone import load_backbone
+from models.lora import BaseIdentity, LoraSettings, add_adapter, load_adapter
 from models.packing import pool_packed
 from models.pooling import pool_last_token, position_ids_from_mask
 from models.sides import Side, parse_sides
@@ -36,6 +38,7 @@ CONFIG_NAME = "embedder_config.json"
 HEADS_NAME = "heads.safetensors"
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
+LORA_FORMAT_VERSION = 2  # the backbone is a base named in base_model + adapter folders; older readers refuse it
 
 
 class DecoderEmbedder(nn.Module):
@@ -57,6 +60,9 @@ class DecoderEmbedder(nn.Module):
         padding_side: ``right`` or ``left``; the embedding is identical either way.
         matryoshka_dims: prefix sizes the model was trained to keep usable (Matryoshka training),
             recorded in the checkpoint's metadata; ``None`` when it was not trained for them.
+        lora: add fresh LoRA adapters (:mod:`models.lora`) to every backbone, freezing their weights;
+            with separate weights each side gets its own adapter.
+        base_identity: the frozen base's identity, recorded in LoRA checkpoints instead of its weights.
     """
 
     def __init__(
@@ -71,6 +77,8 @@ class DecoderEmbedder(nn.Module):
         learn_temperature: bool = True,
         padding_side: str = "right",
         matryoshka_dims: Sequence[int] | None = None,
+        lora: LoraSettings | None = None,
+        base_identity: BaseIdentity | None = None,
     ) -> None:
         super().__init__()
         if not 0 < min_temperature <= init_temperature:
@@ -93,6 +101,21 @@ class DecoderEmbedder(nn.Module):
         self.hidden_size = hidden_size
         self.projection = nn.Linear(hidden_size, projection_dim, bias=False) if projection_dim else None
         self.log_scale = nn.Parameter(torch.tensor(-math.log(init_temperature)), requires_grad=learn_temperature)
+        self.lora = lora
+        self.base_identity = base_identity
+        if lora is not None:  # after the heads, so they start as without LoRA (same random draws)
+            if base_identity is None:
+                raise ValueError("a LoRA embedder needs its base_identity (DecoderEmbedder.build records it)")
+            tokens = [token for side in self.sides.values() for token in (side.open_token, side.close_token)]
+            adapt = partial(
+                add_adapter, settings=lora, delimiter_ids=tokenizer.convert_tokens_to_ids(tokens),
+                base_name=base_identity.pretrained,
+            )  # fmt: skip
+            if shared_weights:
+                self.backbone = adapt(self.backbone)
+            else:
+                for name in self.sides:
+                    self.backbones[name] = adapt(self.backbones[name])
         self.matryoshka_dims = check_matryoshka_dims(matryoshka_dims, self.embedding_dim)
 
     # ---- construction -------------------------------------------------------------------------
@@ -114,6 +137,7 @@ class DecoderEmbedder(nn.Module):
         matryoshka_dims: Sequence[int] | None = None,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
+        lora: Mapping[str, Any] | LoraSettings | None = None,
     ) -> DecoderEmbedder:
         """Load a pretrained decoder (or build a random one) and add the tower's delimiters.
 
@@ -123,13 +147,19 @@ class DecoderEmbedder(nn.Module):
         New delimiter embeddings start as the mean embedding of the tokens spelling the side's
         name and role (e.g. ``"<query>"``), so they begin near meaningful tokens, not noise.
         ``seed`` fixes the random initialisation of ``random_config`` backbones and projections.
+        ``lora`` (``model.lora``; ``r: 0`` is off) freezes the backbone and adds LoRA adapters, the
+        base's identity and weight hash recorded for the checkpoints (:mod:`models.lora`).
         """
+        settings = LoraSettings.from_config(lora)
         if seed is not None:
             torch.manual_seed(seed)
         parsed = parse_sides(sides)
         backbone, tokenizer = load_backbone(
             pretrained, random_config, dtype=dtype, attn_implementation=attn_implementation
         )
+        identity = None
+        if settings is not None:
+            identity = BaseIdentity.of(backbone, pretrained, dtype, random_config, seed)
         add_delimiters(backbone, tokenizer, parsed.values())
         if gradient_checkpointing:
             enable_activation_checkpointing(backbone)
@@ -144,6 +174,8 @@ class DecoderEmbedder(nn.Module):
             learn_temperature=learn_temperature,
             padding_side=padding_side,
             matryoshka_dims=matryoshka_dims,
+            lora=settings,
+            base_identity=identity,
         )
 
     # ---- forward ------------------------------------------------------------------------------
@@ -291,8 +323,8 @@ class DecoderEmbedder(nn.Module):
     # ---- persistence --------------------------------------------------------------------------
 
     def config_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
+        config = {
+            "format_version": FORMAT_VERSION if self.lora is None else LORA_FORMAT_VERSION,
             "sides": {name: side.to_dict() for name, side in self.sides.items()},
             "shared_weights": self.shared_weights,
             "projection_dim": self.projection.out_features if self.projection is not None else None,
@@ -306,9 +338,23 @@ class DecoderEmbedder(nn.Module):
             "learn_temperature": self.log_scale.requires_grad,
             "matryoshka_dims": self.matryoshka_dims,
         }
+        if self.lora is not None:
+            config["lora"] = self.lora.to_dict()
+            config["base_model"] = self.base_identity.to_dict()
+        return config
+
+    def backbone_folders(self) -> dict[str, PreTrainedModel]:
+        """Checkpoint sub-folder -> the backbone written there (an adapter folder under LoRA)."""
+        stem = "adapter" if self.lora is not None else "backbone"
+        if self.shared_weights:
+            return {stem: self.backbone}
+        return {f"{stem}-{name}": backbone for name, backbone in self.backbones.items()}
 
     def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write backbone(s) in Hugging Face format, the tokenizer with delimiters, heads and config.
+
+        Under LoRA the backbone folders are peft adapter folders (``adapter/``: adapters and the
+        delimiter rows, ``adapter_config.json``), and the config names the base and its weight hash.
 
         Args:
             directory: written into as given; callers wanting atomicity write to a temporary
@@ -319,17 +365,14 @@ class DecoderEmbedder(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         full = dict(state_dict) if state_dict is not None else None
-
-        def part(prefix: str) -> dict[str, torch.Tensor] | None:
-            if full is None:
-                return None
-            return {key.removeprefix(prefix): value for key, value in full.items() if key.startswith(prefix)}
-
-        if self.shared_weights:
-            self.backbone.save_pretrained(directory / "backbone", state_dict=part("backbone."))
-        else:
-            for name, backbone in self.backbones.items():
-                backbone.save_pretrained(directory / f"backbone-{name}", state_dict=part(f"backbones.{name}."))
+        prefixes = {"backbone": "backbone.", "adapter": "backbone."}
+        for folder, backbone in self.backbone_folders().items():
+            stem, _, side = folder.partition("-")
+            prefix = prefixes[stem] if not side else f"backbones.{side}."
+            part = None
+            if full is not None:
+                part = {key.removeprefix(prefix): value for key, value in full.items() if key.startswith(prefix)}
+            backbone.save_pretrained(directory / folder, state_dict=part)
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
         log_scale = full["log_scale"] if full is not None else self.log_scale
         heads = {"log_scale": log_scale.detach().reshape(1).float().cpu().contiguous()}
@@ -339,24 +382,49 @@ class DecoderEmbedder(nn.Module):
         save_file(heads, str(directory / HEADS_NAME))
         (directory / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
 
+    def merge_adapters(self) -> DecoderEmbedder:
+        """Fold LoRA adapters (and trained delimiter rows) into the backbone weights, in place.
+
+        The embedder becomes a plain one (same vectors up to float rounding, no adapter matmuls);
+        saving it afterwards writes full backbone folders. A no-op without LoRA.
+        """
+        if self.lora is None:
+            return self
+        if self.shared_weights:
+            self.backbone = self.backbone.merge_and_unload()
+        else:
+            for name in list(self.backbones):
+                self.backbones[name] = self.backbones[name].merge_and_unload()
+        for parameter in self.parameters():
+            parameter.requires_grad_(parameter is self.log_scale and self.log_scale.requires_grad)
+        self.lora = None
+        self.base_identity = None
+        return self
+
     @classmethod
-    def from_pretrained(cls, directory: str | Path, torch_dtype: torch.dtype | None = None) -> DecoderEmbedder:
-        """Load a folder written by :meth:`save_pretrained` (e.g. a training checkpoint)."""
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        torch_dtype: torch.dtype | None = None,
+        merge_adapters: bool = True,
+        base_model: str | None = None,
+    ) -> DecoderEmbedder:
+        """Load a folder written by :meth:`save_pretrained` (e.g. a training checkpoint).
+
+        A LoRA checkpoint rebuilds its base (the one it names, or ``base_model``: a folder or hub
+        id holding the same weights), refuses a base whose weight hash differs, and attaches the
+        adapters; ``merge_adapters`` (the default, for inference) then folds them into the weights.
+        """
         directory = resolve_checkpoint_dir(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: {directory} is not an embedder checkpoint")
         config = json.loads(config_path.read_text())
-        if config.get("format_version") != FORMAT_VERSION:
+        if config.get("format_version") not in (FORMAT_VERSION, LORA_FORMAT_VERSION):
             raise ValueError(f"{config_path}: format_version {config.get('format_version')} is not supported")
         sides = parse_sides(config["sides"])
         tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
-        first = "backbone" if config["shared_weights"] else f"backbone-{next(iter(sides))}"
-        backbone = AutoModel.from_pretrained(directory / first, dtype=torch_dtype)
-        model = cls(
-            backbone,
-            tokenizer,
-            sides,
+        options = dict(
             shared_weights=config["shared_weights"],
             projection_dim=config["projection_dim"],
             init_temperature=config["init_temperature"],
@@ -365,14 +433,59 @@ class DecoderEmbedder(nn.Module):
             padding_side=config["padding_side"],
             matryoshka_dims=config.get("matryoshka_dims"),
         )
-        if not config["shared_weights"]:
-            for name in sides:
-                model.backbones[name] = AutoModel.from_pretrained(directory / f"backbone-{name}", dtype=torch_dtype)
+        if "lora" in config:
+            model = cls._from_adapter_checkpoint(directory, config, tokenizer, sides, options, base_model)
+            if merge_adapters:
+                model.merge_adapters()
+            if torch_dtype is not None:
+                for backbone in model.backbone_folders().values():
+                    backbone.to(torch_dtype)
+        else:
+            first = "backbone" if config["shared_weights"] else f"backbone-{next(iter(sides))}"
+            backbone = AutoModel.from_pretrained(directory / first, dtype=torch_dtype)
+            model = cls(backbone, tokenizer, sides, **options)
+            if not config["shared_weights"]:
+                for name in sides:
+                    model.backbones[name] = AutoModel.from_pretrained(directory / f"backbone-{name}", dtype=torch_dtype)
         heads = load_file(str(directory / HEADS_NAME))
         with torch.no_grad():
             model.log_scale.copy_(heads["log_scale"].reshape(()))
             if model.projection is not None:
                 model.projection.weight.copy_(heads["projection.weight"])
+        return model
+
+    @classmethod
+    def _from_adapter_checkpoint(
+        cls,
+        directory: Path,
+        config: Mapping[str, Any],
+        tokenizer: PreTrainedTokenizerBase,
+        sides: Mapping[str, Side],
+        options: Mapping[str, Any],
+        base_model: str | None,
+    ) -> DecoderEmbedder:
+        """The base rebuilt as training built it (hash-checked, delimiters added), then the saved adapters."""
+        where = str(directory / CONFIG_NAME)
+        identity = BaseIdentity.from_dict(config["base_model"], where)
+        if identity.seed is not None:
+            torch.manual_seed(identity.seed)
+        pretrained = base_model or identity.pretrained
+        backbone, base_tokenizer = load_backbone(
+            pretrained, None if pretrained else identity.random_config, dtype=identity.dtype
+        )
+        identity.check(backbone, where)
+        add_delimiters(backbone, base_tokenizer, sides.values())
+        if base_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"{where}: base tokenizer + delimiters differs from the checkpoint's tokenizer")
+        model = cls(backbone, tokenizer, sides, **options)
+        model.lora = LoraSettings.from_config(config["lora"])
+        model.base_identity = identity
+        for folder, plain in list(model.backbone_folders().items()):
+            adapted = load_adapter(plain, directory / folder)
+            if model.shared_weights:
+                model.backbone = adapted
+            else:
+                model.backbones[folder.partition("-")[2]] = adapted
         return model
 
 
@@ -431,7 +544,8 @@ def enable_activation_checkpointing(backbone: PreTrainedModel) -> None:
 
 
 def is_complete_export(folder: Path) -> bool:
-    """Whether ``folder`` holds a whole embedder: config, heads, tokenizer and every backbone's weights."""
+    """Whether ``folder`` holds a whole embedder: config, heads, tokenizer and every backbone's weights
+    (every adapter's, for a LoRA checkpoint)."""
     config_path = folder / CONFIG_NAME
     if not config_path.is_file() or not (folder / HEADS_NAME).is_file() or not (folder / TOKENIZER_DIR).is_dir():
         return False
@@ -439,7 +553,8 @@ def is_complete_export(folder: Path) -> bool:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError):
         return False
-    names = ["backbone"] if config.get("shared_weights", True) else [f"backbone-{n}" for n in config.get("sides", {})]
+    stem = "adapter" if "lora" in config else "backbone"
+    names = [stem] if config.get("shared_weights", True) else [f"{stem}-{n}" for n in config.get("sides", {})]
     return all(any((folder / name).glob("*.safetensors")) for name in names)
 
 

@@ -6,7 +6,10 @@ A checkpoint is ``OUTPUT/checkpoints/step-NNNNNN/`` holding
   ``heads.safetensors``, ``embedder_config.json``), loadable by
   ``models.DecoderEmbedder.from_pretrained``;
 * ``training_state/`` from ``accelerate``'s ``save_state``: weights, optimizer, scheduler,
-  gradient scaler and every process's RNG states (Python, NumPy, torch, CUDA);
+  gradient scaler and every process's RNG states (Python, NumPy, torch, CUDA). Under LoRA its
+  weights are the trainable ones only (adapters, delimiter rows, heads): the frozen base is rebuilt
+  from the identity in ``embedder_config.json`` and its weight hash checked before resuming
+  (:func:`keep_only_trainable_state`, :func:`check_resume_base`);
 * ``scheduler.json``: the learning-rate scheduler's state, as JSON (not pickled);
 * ``data_state/rank-N.json`` for streamed data: each process's stream position;
 * ``train_config.yaml`` (the resolved config) and ``trainer_state.json`` (step = data position,
@@ -92,6 +95,63 @@ def save_checkpoint(
         _prune(output_dir, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def keep_only_trainable_state(accelerator: Any) -> None:
+    """Make ``save_state`` write only trainable parameters and ``load_state`` expect exactly those.
+
+    For LoRA runs, whose frozen base would otherwise be copied into every checkpoint (16 GB for an
+    8B model in bf16). Load with ``accelerator.load_state(..., strict=False)`` after the hook's
+    own check, which names any missing, unexpected or reshaped tensor.
+    """
+    from safetensors import safe_open
+
+    def trainable(model: Any) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+
+    def before_save(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+        for index, model in enumerate(models):
+            names = trainable(model)
+            weights[index] = {key: value for key, value in weights[index].items() if key in names}
+
+    def before_load(models: list[Any], input_dir: str) -> None:
+        for index, model in enumerate(models):
+            path = Path(input_dir) / ("model.safetensors" if index == 0 else f"model_{index}.safetensors")
+            with safe_open(str(path), framework="pt") as file:
+                saved = {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+            expected = trainable(model)
+            if saved != expected:
+                missing = sorted(set(expected) - set(saved))
+                extra = sorted(set(saved) - set(expected))
+                reshaped = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
+                raise ValueError(
+                    f"{path} does not hold this run's trainable weights (another model.lora or model config?): "
+                    f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
+                    f"{extra[:3]}{'...' if len(extra) > 3 else ''}, other shapes {reshaped[:3]}"
+                )
+
+    accelerator.register_save_state_pre_hook(before_save)
+    accelerator.register_load_state_pre_hook(before_load)
+
+
+def check_resume_base(checkpoint: Path, embedder: DecoderEmbedder) -> None:
+    """Refuse to resume a LoRA run on a base whose weight hash differs from the checkpoint's."""
+    from models.embedder import CONFIG_NAME
+
+    saved = json.loads((checkpoint / CONFIG_NAME).read_text()).get("base_model")
+    if embedder.base_identity is None or saved is None:
+        if (embedder.base_identity is None) != (saved is None):
+            raise ValueError(
+                f"resume={checkpoint}: the checkpoint was trained {'with' if saved else 'without'} LoRA and this run "
+                f"is configured {'with' if embedder.base_identity else 'without'} it (model.lora.r)"
+            )
+        return
+    if saved.get("sha256") != embedder.base_identity.sha256:
+        raise ValueError(
+            f"resume={checkpoint}: this run's base model ({embedder.base_identity.pretrained}, "
+            f"{embedder.base_identity.dtype}) has weight sha256 {embedder.base_identity.sha256[:16]}..., the "
+            f"checkpoint's adapters were trained on {str(saved.get('sha256'))[:16]}...: resume with the same base"
+        )
 
 
 def is_complete(checkpoint: Path) -> bool:

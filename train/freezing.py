@@ -8,13 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-
-def transformer_blocks(backbone: nn.Module) -> nn.ModuleList:
-    """The backbone's stack of blocks: its largest ``nn.ModuleList`` (``layers`` or ``h``)."""
-    lists = [module for module in backbone.children() if isinstance(module, nn.ModuleList)]
-    if not lists:
-        raise ValueError(f"{type(backbone).__name__} has no ModuleList of blocks; cannot train only the top layers")
-    return max(lists, key=lambda blocks: sum(p.numel() for p in blocks.parameters()))
+from models.backbone import transformer_blocks
 
 
 def train_only_top_layers(backbones: list[nn.Module], top_layers: int) -> None:

@@ -23,12 +23,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models import truncate_embeddings
+from models.lora import describe_adapters
 from pairdata import Pair
 from pairdata.trainsets import split_data_config
 from train.batching import HeldOut
 from train.checkpoint import (
     TRAINING_STATE_DIR,
+    check_resume_base,
     find_resume_checkpoint,
+    keep_only_trainable_state,
     load_scheduler_state,
     read_data_state,
     read_trainer_state,
@@ -168,8 +171,14 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
         pin_memory=accelerator.device.type == "cuda", num_negatives=int(data_options.get("num_negatives", 0)),
     )  # fmt: skip
 
-    backbones = [model.backbone] if model.shared_weights else list(model.backbones.values())
+    backbones = list(model.backbone_folders().values())
     if settings.train_top_layers:
+        if model.lora is not None:
+            raise ValueError(
+                "trainer.train_top_layers freezes blocks of a fully trained backbone; with model.lora every base "
+                f"weight is already frozen: use model.lora.top_layers={settings.train_top_layers} for adapters in "
+                "the top blocks only (and model.lora.train_delimiters=false so backward stops there)"
+            )
         train_only_top_layers(backbones, settings.train_top_layers)
     if settings.compile:
         for backbone in backbones:  # in place: parameter names (and so checkpoints) stay those of the eager model
@@ -181,6 +190,8 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     )
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is saved as JSON, not pickled
     embedder = accelerator.unwrap_model(model)
+    if embedder.lora is not None:
+        keep_only_trainable_state(accelerator)
     matryoshka = Matryoshka.from_settings(settings.matryoshka_dims, settings.matryoshka_weights, embedder.embedding_dim)
     if matryoshka is not None:
         embedder.matryoshka_dims = sorted(matryoshka.dims)  # recorded in every checkpoint's config
@@ -189,7 +200,9 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     start_step = 0
     if resume_from is not None:
         refuse_pickled_state(resume_from)
-        accelerator.load_state(str(resume_from / TRAINING_STATE_DIR))
+        check_resume_base(resume_from, embedder)
+        # strict=False: a LoRA checkpoint holds the trainable weights only, checked by keep_only_trainable_state
+        accelerator.load_state(str(resume_from / TRAINING_STATE_DIR), strict=embedder.lora is None)
         load_scheduler_state(resume_from, scheduler)
         start_step = read_trainer_state(resume_from)["step"]
         data.resume(read_data_state(resume_from, rank))
@@ -228,6 +241,12 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
             accelerator.mixed_precision,
             " (auto)" if settings.mixed_precision == "auto" else "",
         )  # fmt: skip
+        if embedder.lora is not None:
+            logger.info(
+                "LoRA (%.2f%% of the parameters trainable): %s; base %s, %s, weight sha256 %s...",
+                100 * trainable / total, describe_adapters(embedder), embedder.base_identity.pretrained or "random",
+                embedder.base_identity.dtype, embedder.base_identity.sha256[:16],
+            )  # fmt: skip
     return Run(
         cfg=cfg, settings=settings, output_dir=output_dir, accelerator=accelerator, model=model, embedder=embedder,
         optimizer=optimizer, scheduler=scheduler, loss=build_loss(rank, world, matryoshka), data=data,
