@@ -13,18 +13,39 @@ TEXTS = ["short", "a somewhat longer sentence about code search", "def f(x):\n  
 MAX_SEQ = 48
 
 
+def trained_lora_model(**options):
+    """A tiny LoRA tower whose adapters and delimiter rows are non-zero, as after training."""
+    import torch
+
+    from models import DecoderEmbedder
+
+    model = DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0, lora={"r": 4}, **options)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name or "trainable_tokens" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return model
+
+
 @pytest.mark.parametrize(
     "options",
-    [{}, {"projection_dim": 16, "shared_weights": False, "matryoshka_dims": [4, 16]}],
-    ids=["shared", "projection-separate-matryoshka"],
-)
+    [{}, {"projection_dim": 16, "shared_weights": False, "matryoshka_dims": [4, 16]}, {"lora": True},
+     {"lora": True, "shared_weights": False}],
+    ids=["shared", "projection-separate-matryoshka", "lora", "lora-separate"],
+)  # fmt: skip
 def test_sentence_transformers_folder_matches_model(tmp_path, options):
+    """LoRA: the export merges the adapters, and the folder reproduces the (unmerged) adapter model."""
     from sentence_transformers import SentenceTransformer
 
     from models import DecoderEmbedder
     from serve.export import main
 
-    model = DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0, **options)
+    options = dict(options)
+    if options.pop("lora", False):
+        model = trained_lora_model(**options)
+    else:
+        model = DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0, **options)
     # instruct decoders ship a chat template, which sentence-transformers would wrap every text in
     model.tokenizer.chat_template = "{% for m in messages %}<|system|>{{ m['content'] }}{% endfor %}"
     model.save_pretrained(tmp_path / "checkpoint")
@@ -39,7 +60,20 @@ def test_sentence_transformers_folder_matches_model(tmp_path, options):
         assert got.shape == want.shape == (len(TEXTS), model.embedding_dim)
         assert np.abs(got - want).max() < 1e-5
     reloaded = DecoderEmbedder.from_pretrained(tmp_path / "out")  # the export folder is also a checkpoint
-    np.testing.assert_allclose(reloaded.encode(TEXTS, "doc").numpy(), model.encode(TEXTS, "doc").numpy(), atol=1e-6)
+    atol = 1e-5 if model.lora is not None else 1e-6  # merged weights: the adapter's product rounded into W
+    np.testing.assert_allclose(reloaded.encode(TEXTS, "doc").numpy(), model.encode(TEXTS, "doc").numpy(), atol=atol)
+
+
+def test_server_serves_an_adapter_checkpoint_directly(tmp_path):
+    from serve.engine import EmbeddingEngine
+
+    model = trained_lora_model()
+    model.save_pretrained(tmp_path / "checkpoint")
+    engine = EmbeddingEngine.from_folder(tmp_path / "checkpoint", name="tiny", max_length=MAX_SEQ)
+    rows = [engine.row("query", body) for body in engine.tokenize(TEXTS)]
+    got = np.stack([vector.numpy() for vector in engine.run(rows)])
+    want = model.encode(TEXTS, "query", max_length=MAX_SEQ).numpy()
+    assert np.abs(got - want).max() < 1e-5
 
 
 @pytest.mark.integration

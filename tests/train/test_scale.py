@@ -66,14 +66,18 @@ def run_one_and_two_processes(tmp_path: Path, common: list[str], chunk: str, two
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize(
-    ("chunk", "matryoshka"),
-    [("null", "null"), ("3", "null"), ("3", "[8,16,32]")],
-    ids=["plain", "gradcache", "gradcache-matryoshka"],
+    ("chunk", "matryoshka", "lora"),
+    [("null", "null", 0), ("3", "null", 0), ("3", "[8,16,32]", 0), ("null", "null", 4)],
+    ids=["plain", "gradcache", "gradcache-matryoshka", "lora"],
 )
-def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, chunk: str, matryoshka: str) -> None:
+def test_two_processes_equal_one_process_on_the_same_global_batch(
+    tmp_path, chunk: str, matryoshka: str, lora: int
+) -> None:
     data = write_pairs(tmp_path / "pairs.jsonl", 24)
     common = ["model=tiny-random", "trainer=tiny", "logging=none", "data=jsonl", f"data.path={data}",
-              "trainer.steps=3", f"trainer.matryoshka_dims={matryoshka}"]  # fmt: skip
+              "trainer.steps=3", f"trainer.matryoshka_dims={matryoshka}", f"model.lora.r={lora}"]  # fmt: skip
+    if lora:
+        common.append("trainer.lr=1e-2")  # adapters start at B = 0: a LoRA-sized step, so every tensor moves
     run_one_and_two_processes(tmp_path, common, chunk)
     state = json.loads((tmp_path / "two" / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
     assert state["processes"] == 2 and state["global_batch"] == 8
@@ -82,14 +86,18 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, chun
 
 
 @pytest.mark.parametrize(
-    ("accumulate", "matryoshka"), [(1, "null"), (2, "null"), (2, "[4,8,32]")], ids=["1", "2", "2-matryoshka"]
+    ("accumulate", "matryoshka", "lora"),
+    [(1, "null", ()), (2, "null", ()), (2, "[4,8,32]", ()), (2, "null", ("model.lora.r=4", "trainer.lr=1e-2"))],
+    ids=["1", "2", "2-matryoshka", "2-lora"],
 )
-def test_gradcache_update_equals_plain_full_batch_update(tmp_path, accumulate: int, matryoshka: str) -> None:
+def test_gradcache_update_equals_plain_full_batch_update(
+    tmp_path, accumulate: int, matryoshka: str, lora: tuple[str, ...]
+) -> None:
     runs = {}
     for name, chunk in (("plain", "null"), ("cached", "5")):
         extra = ("trainer.steps=2", f"trainer.gradcache_chunk={chunk}", f"trainer.grad_accum_steps={accumulate}",
                  f"trainer.batch_size={16 // accumulate}", "trainer.temperature_lr=1e-2",
-                 f"trainer.matryoshka_dims={matryoshka}")  # fmt: skip
+                 f"trainer.matryoshka_dims={matryoshka}", *lora)  # fmt: skip
         (tmp_path / name).mkdir()
         cfg = compose_train_config(tiny_overrides(tmp_path / name, pairs=16, extra=extra), tmp_path / name)
         train(cfg, tmp_path / name / "run")
@@ -109,11 +117,18 @@ def test_rand_state_replays_dropout() -> None:
     assert not torch.equal(layer(x), first)
 
 
-def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("steps", "every", "lora"),
+    [(400, 50, ()), (200, 25, ("model.lora.r=4", "model.lora.dropout=0.1", "trainer.lr=1e-2"))],
+    ids=["full", "lora"],
+)
+def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(
+    tmp_path, steps: int, every: int, lora: tuple[str, ...]
+) -> None:
     data = write_pairs(tmp_path / "pairs.jsonl", 40)
     common = ["model=tiny-random", "trainer=tiny", "logging=none", "data=jsonl", f"data.path={data}",
-              "trainer.steps=400", "trainer.batch_size=8", "trainer.checkpoint_every=50", "trainer.keep_checkpoints=0",
-              "+model.random_config.attention_dropout=0.1"]  # fmt: skip
+              f"trainer.steps={steps}", "trainer.batch_size=8", f"trainer.checkpoint_every={every}",
+              "trainer.keep_checkpoints=0", "+model.random_config.attention_dropout=0.1", *lora]  # fmt: skip
     reference = launch([*common, f"hydra.run.dir={tmp_path / 'reference'}"], processes=1)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -122,22 +137,24 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(tmp_path) -> No
     command = [sys.executable, "train/contrastive.py", *common, *workers, f"hydra.run.dir={run}"]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not (run / "checkpoints" / "step-000100" / "trainer_state.json").is_file():
+    while not (run / "checkpoints" / f"step-{2 * every:06d}" / "trainer_state.json").is_file():
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (run / "checkpoints" / "step-000400").exists(), "killed too late to test anything"
+    assert not (run / "checkpoints" / f"step-{steps:06d}").exists(), "killed too late to test anything"
 
     resumed = launch([*common, *workers, f"hydra.run.dir={run}", "resume=auto"], processes=1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
-    left, right = final_weights(run, 400), final_weights(tmp_path / "reference", 400)
+    left, right = final_weights(run, steps), final_weights(tmp_path / "reference", steps)
     assert left.keys() == right.keys()
     assert all(torch.equal(left[name], right[name]) for name in left)
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(
-        range(1, 401)
+        range(1, steps + 1)
     )
+    if lora:  # the adapters and heads only: the base is rebuilt from its identity, not copied
+        assert left and all("lora_" in k or "trainable_tokens" in k or k == "log_scale" for k in left)
 
 
 def test_fresh_start_refuses_a_folder_with_checkpoints(tmp_path) -> None:

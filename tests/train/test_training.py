@@ -130,6 +130,26 @@ def test_accumulation_and_top_layers_run(tmp_path) -> None:
     assert result["metrics"]["samples_seen"] == 2 * 8
 
 
+def test_lora_run_logs_its_adapters_and_writes_an_adapter_checkpoint(tmp_path, caplog) -> None:
+    from models import DecoderEmbedder
+
+    cfg = compose_train_config(tiny_overrides(tmp_path, extra=("model.lora.r=4", "trainer.lr=1e-2")), tmp_path)
+    with caplog.at_level("INFO", logger="train.loop"):
+        result = train(cfg, tmp_path / "run")
+    assert "LoRA (" in caplog.text and "14 modules" in caplog.text and "delimiter rows trained" in caplog.text
+    checkpoint = Path(result["checkpoint"])
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file() and not (checkpoint / "backbone").exists()
+    model = DecoderEmbedder.from_pretrained(tmp_path / "run")  # the run folder: its newest checkpoint
+    assert model.lora is None and model.encode(["a text"], "text").shape == (1, 32)
+
+
+def test_train_top_layers_with_lora_points_to_lora_top_layers(tmp_path) -> None:
+    extra = ("model.lora.r=4", "trainer.train_top_layers=1")
+    cfg = compose_train_config(tiny_overrides(tmp_path, extra=extra), tmp_path)
+    with pytest.raises(ValueError, match="model.lora.top_layers=1"):
+        train(cfg, tmp_path / "run")
+
+
 def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, monkeypatch) -> None:
     import train.loop as loop
 
