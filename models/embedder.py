@@ -372,7 +372,9 @@ class DecoderEmbedder(nn.Module):
             part = None
             if full is not None:
                 part = {key.removeprefix(prefix): value for key, value in full.items() if key.startswith(prefix)}
-            backbone.save_pretrained(directory / folder, state_dict=part)
+            # save_embedding_layers=False: the delimiter rows are in the adapter (trainable tokens), not the matrix
+            extra = {"save_embedding_layers": False} if stem == "adapter" else {}
+            backbone.save_pretrained(directory / folder, state_dict=part, **extra)
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
         log_scale = full["log_scale"] if full is not None else self.log_scale
         heads = {"log_scale": log_scale.detach().reshape(1).float().cpu().contiguous()}

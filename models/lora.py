@@ -39,7 +39,8 @@ class LoraSettings:
         dropout: dropout on the adapters' input.
         target_modules: ``all-linear`` (every linear layer of attention and MLP) or module names
             (``[q_proj, v_proj]``) as peft matches them.
-        top_layers: adapters in the top ``N`` transformer blocks only (``None``: in every block).
+        top_layers: adapters in the top ``N`` transformer blocks only (``None``: in every block); the
+            training loop sets it from ``trainer.train_top_layers``.
         train_delimiters: train the delimiter tokens' embedding rows (only those rows).
         rslora: rank-stabilised scaling ``alpha / sqrt(r)`` instead of ``alpha / r``.
     """
@@ -110,7 +111,7 @@ class LoraSettings:
             targets = top_block_linears(backbone, self.top_layers, None if targets == "all-linear" else targets)
         return LoraConfig(
             r=self.r, lora_alpha=self.scale_alpha, lora_dropout=self.dropout, target_modules=targets,
-            use_rslora=self.rslora, base_model_name_or_path=base_name,
+            use_rslora=self.rslora,
             trainable_token_indices=sorted(set(delimiter_ids)) if self.train_delimiters else None,
         )  # fmt: skip
 
@@ -149,9 +150,12 @@ def add_adapter(backbone: nn.Module, settings: LoraSettings, delimiter_ids: Sequ
     try:
         with warnings.catch_warnings():  # peft asks the deprecated is_gradient_checkpointing (transformers 5)
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return get_peft_model(backbone, config, autocast_adapter_dtype=True)
+            adapted = get_peft_model(backbone, config, autocast_adapter_dtype=True)
     except ValueError as error:  # e.g. target_modules that name no module of this architecture
         raise ValueError(f"model.lora: peft could not add adapters to {type(backbone).__name__}: {error}") from None
+    if base_name is not None:  # the name the run was given (alias, hub id), not the cache folder it resolved to
+        adapted.peft_config["default"].base_model_name_or_path = base_name
+    return adapted
 
 
 def load_adapter(backbone: nn.Module, folder: Path, trainable: bool = False):

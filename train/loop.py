@@ -87,6 +87,16 @@ def adamw(groups: list[dict[str, Any]], settings: TrainerSettings) -> torch.opti
         return torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas)
 
 
+def lora_in_top_layers(model_cfg: DictConfig, top_layers: int | None) -> dict[str, Any]:
+    """``trainer.train_top_layers=N`` under LoRA: adapters in the top N blocks only and the delimiter rows
+    frozen (as the embeddings are when training the top N blocks fully), so backward stops below them.
+    Returns the ``lora`` override for the model's constructor ({} when there is nothing to change)."""
+    lora = model_cfg.get("lora")
+    if not top_layers or lora is None or not lora.get("r", 0):
+        return {}
+    return {"lora": {**OmegaConf.to_container(lora, resolve=True), "top_layers": top_layers, "train_delimiters": False}}
+
+
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run contrastive training as configured; return the final metrics and checkpoint path.
 
@@ -157,8 +167,9 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
 
     with accelerator.main_process_first():  # the first load may convert the offline model (or data) into a cache
         model = hydra.utils.instantiate(
-            cfg.model, sides=OmegaConf.to_container(tower.sides), shared_weights=tower.shared_weights
-        )
+            cfg.model, sides=OmegaConf.to_container(tower.sides), shared_weights=tower.shared_weights,
+            **lora_in_top_layers(cfg.model, settings.train_top_layers),
+        )  # fmt: skip
         data_config, data_options = split_data_config(cfg.data)
         dataset = hydra.utils.instantiate(data_config)
     tokenization = Tokenization(
@@ -172,13 +183,7 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     )  # fmt: skip
 
     backbones = list(model.backbone_folders().values())
-    if settings.train_top_layers:
-        if model.lora is not None:
-            raise ValueError(
-                "trainer.train_top_layers freezes blocks of a fully trained backbone; with model.lora every base "
-                f"weight is already frozen: use model.lora.top_layers={settings.train_top_layers} for adapters in "
-                "the top blocks only (and model.lora.train_delimiters=false so backward stops there)"
-            )
+    if settings.train_top_layers and model.lora is None:  # with LoRA: adapters in those blocks (lora_in_top_layers)
         train_only_top_layers(backbones, settings.train_top_layers)
     if settings.compile:
         for backbone in backbones:  # in place: parameter names (and so checkpoints) stay those of the eager model

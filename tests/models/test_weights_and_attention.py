@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import DecoderEmbedder
-from models.backbone import ATTENTION_IMPLEMENTATIONS
+from models.backbone import ATTENTION_IMPLEMENTATIONS, flex_attention_miscomputes_here
 from tests.conftest import TINY_LLAMA, TWO_SIDES
 
 TEXTS = ["short", "a somewhat longer text, to make the rows differ in length", "def f(x):\n    return x"]
@@ -27,6 +27,10 @@ def embed(model: DecoderEmbedder, side: str = "query") -> torch.Tensor:
 
 @pytest.mark.parametrize("implementation", ["eager", "flex_attention"])
 def test_attention_implementations_embed_alike(implementation: str) -> None:
+    if implementation == "flex_attention" and flex_attention_miscomputes_here():
+        with pytest.raises(ValueError, match="flex_attention: on this CPU"):
+            build(attn_implementation=implementation)
+        return
     reference = embed(build())
     model = build(attn_implementation=implementation)
     assert model.backbone.config._attn_implementation == implementation

@@ -143,11 +143,16 @@ def test_lora_run_logs_its_adapters_and_writes_an_adapter_checkpoint(tmp_path, c
     assert model.lora is None and model.encode(["a text"], "text").shape == (1, 32)
 
 
-def test_train_top_layers_with_lora_points_to_lora_top_layers(tmp_path) -> None:
+def test_train_top_layers_with_lora_adapts_only_the_top_blocks(tmp_path, caplog) -> None:
     extra = ("model.lora.r=4", "trainer.train_top_layers=1")
     cfg = compose_train_config(tiny_overrides(tmp_path, extra=extra), tmp_path)
-    with pytest.raises(ValueError, match="model.lora.top_layers=1"):
-        train(cfg, tmp_path / "run")
+    with caplog.at_level("INFO", logger="train.loop"):
+        result = train(cfg, tmp_path / "run")
+    assert "top 1 blocks" in caplog.text and "delimiter rows frozen" in caplog.text
+    saved = json.loads((Path(result["checkpoint"]) / "embedder_config.json").read_text())
+    assert saved["lora"]["top_layers"] == 1 and saved["lora"]["train_delimiters"] is False
+    adapter = json.loads((Path(result["checkpoint"]) / "adapter" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] and all(name.startswith("layers.1.") for name in adapter["target_modules"])
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, monkeypatch) -> None:
