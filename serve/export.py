@@ -46,9 +46,12 @@ def export(
     if max_seq_length < 3:
         raise ValueError(f"max_seq_length must be >= 3 (two delimiters and one token), got {max_seq_length}")
     from models import DecoderEmbedder
+    from models.embedder import CONFIG_NAME, resolve_checkpoint_dir
 
     out = Path(out)
-    model = DecoderEmbedder.from_pretrained(checkpoint).eval()
+    source = resolve_checkpoint_dir(checkpoint)
+    lora = json.loads((source / CONFIG_NAME).read_text()).get("lora")
+    model = DecoderEmbedder.from_pretrained(source).eval()  # LoRA adapters merged into the weights
     model.save_pretrained(out)
     folders = {}
     for side in model.side_names:
@@ -62,6 +65,8 @@ def export(
         "max_seq_length": max_seq_length,
         "pooling": "lasttoken",
         "normalize": True,
+        # --verify also compares against the unmerged adapter model when the source was a LoRA checkpoint
+        "source": {"checkpoint": str(source.resolve()), "lora": lora},
     }
     if onnx or onnx_int8:
         from serve.onnx_export import ONNX_DIR, export_onnx

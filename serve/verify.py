@@ -4,6 +4,8 @@
 :data:`PROBES` (short, long and truncated, unicode, code, whitespace) on each side with
 
 - ``DecoderEmbedder.encode`` on ``OUT`` (the reference),
+- the source LoRA checkpoint with its adapters unmerged (peft), when the export came from one and
+  it is still there: the merged export must reproduce the model that was trained,
 - the installed sentence-transformers on ``OUT/sentence-transformers/<side>``,
 - onnxruntime on ``OUT/onnx/<side>`` when the export has ONNX graphs (``--onnx``),
 - our server (``python -m serve``) over HTTP, with ``dimensions`` at each Matryoshka size,
@@ -107,6 +109,14 @@ def verify(
             st_current,
         )
     )
+    source = info.get("source") or {}
+    if source.get("lora") and Path(source["checkpoint"]).is_dir():
+        adapted = DecoderEmbedder.from_pretrained(source["checkpoint"], merge_adapters=False).eval()
+
+        def unmerged(side: str) -> np.ndarray:
+            return adapted.encode(list(texts), side, max_length=info["max_seq_length"]).numpy()
+
+        runtimes.append((f"source LoRA checkpoint, adapters unmerged (r={source['lora']['r']})", unmerged))
     onnx = info.get("onnx")
     if onnx:
         import onnxruntime

@@ -95,3 +95,13 @@ def test_smollm2_export_matches_model(tmp_path):
         st = SentenceTransformer(str(tmp_path / "out" / info["sides"][side]), device="cpu")
         got = st.encode(TEXTS, convert_to_numpy=True)
         assert np.abs(got - model.encode(TEXTS, side, max_length=32).numpy()).max() < 1e-5
+
+
+def test_verify_compares_the_export_with_the_unmerged_adapter_model(tmp_path):
+    from serve.export import main
+
+    trained_lora_model().save_pretrained(tmp_path / "checkpoint")
+    main([str(tmp_path / "checkpoint"), str(tmp_path / "out"), "--max-seq-length", "40", "--verify",
+          "--no-side-stack"])  # fmt: skip
+    report = (tmp_path / "out" / "verify" / "parity.md").read_text()
+    assert "source LoRA checkpoint, adapters unmerged (r=4) | query |" in report and "**NO**" not in report
