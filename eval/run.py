@@ -10,7 +10,8 @@ Usage (from the project root)::
     python eval/run.py benchmark=sts dimensions=[64,128,256,null]   # one table over sizes
 
 Writes ``results.json`` and ``results.md`` (atomically) to ``output_dir`` with the model, the
-sha256 of every data file read, the git commit and the resolved config, and prints the table.
+sha256 of every data file read, the git commit and the resolved config, and prints the table; and
+mteb's ``TaskResult`` files with a ``model_meta.json`` under ``output_dir/mteb`` (``eval.mteb_results``).
 Configs: ``configs/eval.yaml`` with groups ``source/``, ``benchmark/`` and ``references/``.
 """
 
@@ -113,6 +114,8 @@ def run(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
     if sizes != [None]:
         record["size_table"] = size_table(output.scores, sizes, full.embedding_size)
     output_dir = Path(cfg.output_dir)
+    if cfg.get("mteb_results", True):
+        record.update(_mteb_results(output_dir, benchmark.name, output, source, model_name, record["seconds"]))
     json_path, md_path = write_results(output_dir, record, rows)
     if cfg.plot:
         write_plot(output_dir / "results.png", rows, f"{benchmark.name}: {model_name}")
@@ -127,6 +130,17 @@ def run(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
         logger.warning("missed references: %s", ", ".join(failed))
     record["rows"] = rows
     return record
+
+
+def _mteb_results(output_dir: Path, benchmark: str, output: Any, source: Any, model_name: str, seconds: float) -> dict:
+    """mteb's TaskResult files and model_meta.json under ``output_dir/mteb`` (eval.mteb_results)."""
+    from eval.mteb_results import write_mteb_results
+
+    metadata = source.model_metadata() if hasattr(source, "model_metadata") else {}
+    summary = write_mteb_results(output_dir, benchmark, output.scores, output.details, model_name, metadata, seconds)
+    if summary["folder"]:
+        logger.info("MTEB results (%s): %s", ", ".join(summary["tasks"]), summary["folder"])
+    return {"mteb": summary, "model_metadata": metadata}
 
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")

@@ -165,6 +165,19 @@ class SentenceTransformerSource:
             f"|{self.prompts['query']!r}|{self.prompts['document']!r}"
         )
 
+    def model_metadata(self) -> dict[str, Any]:
+        """What mteb's ``ModelMeta`` records of this model (see :func:`eval.mteb_results.model_meta`)."""
+        model = self.model
+        return {
+            "revision": hashlib.sha256(self.fingerprint().encode()).hexdigest()[:16],
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "embed_dim": model.get_sentence_embedding_dimension(),
+            "max_tokens": model.max_seq_length,
+            "framework": ["Sentence Transformers", "PyTorch"],
+            "use_instructions": any(self.prompts.values()),
+            "reference": str(self.path),
+        }
+
     def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
         """Embed with the model's own modules (``preprocess`` then ``forward``), batched by token count.
 
@@ -322,6 +335,33 @@ class CheckpointSource:
         precision = "" if self.precision == "fp32" else f"|{self.precision}"  # fp32 keeps its old cache keys
         return f"ckpt|{self.checkpoint_dir.resolve()}|{stamp}|len={self.max_length}|{sides}{precision}"
 
+    def model_metadata(self) -> dict[str, Any]:
+        """What mteb's ``ModelMeta`` records: size, base model and the training sets of the checkpoint."""
+        from pairdata.provenance import mteb_training_datasets, read_train_config, training_sets
+
+        model = self.model
+        metadata: dict[str, Any] = {
+            "revision": hashlib.sha256(self.fingerprint().encode()).hexdigest()[:16],
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "embed_dim": model.embedding_dim if not model.matryoshka_dims else sorted({*model.matryoshka_dims,
+                                                                                          model.embedding_dim}),
+            "max_tokens": self.max_length,
+            "framework": ["PyTorch", "Transformers"],
+            "use_instructions": False,
+            "reference": str(self.checkpoint_dir.resolve()),
+        }  # fmt: skip
+        try:
+            train_config = read_train_config(self.checkpoint_dir)
+        except FileNotFoundError as error:
+            logger.warning("%s; model_meta.json says training_datasets: unknown", error)
+            metadata["training_datasets"] = None
+            return metadata
+        sets = training_sets(train_config)
+        metadata["training_datasets"] = sorted(mteb_training_datasets(sets))
+        metadata["training_sets"] = [training_set.to_dict() for training_set in sets]
+        metadata["adapted_from"] = (train_config.get("model") or {}).get("pretrained")
+        return metadata
+
     def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
         import torch
 
@@ -418,6 +458,11 @@ class OpenAISource:
     def fingerprint(self) -> str:
         roles = sorted(self.role_models.items())
         return f"openai|{self.base_url}|{self.model_name}|{roles}|dim={self.dimensions}"
+
+    def model_metadata(self) -> dict[str, Any]:
+        """What mteb's ``ModelMeta`` records of a model behind an API (weights and training data unknown)."""
+        return {"revision": hashlib.sha256(self.fingerprint().encode()).hexdigest()[:16], "framework": ["API"],
+                "open_weights": None, "reference": self.base_url}  # fmt: skip
 
     def _batches(self, texts: Sequence[str]) -> list[list[int]]:
         batches: list[list[int]] = []
@@ -516,6 +561,12 @@ class BM25Source:
 
     def fingerprint(self) -> str:
         return f"bm25s|k1={self.k1}|b={self.b}|{self.method}|{self.stopwords}|{self.stemmer}"
+
+    def model_metadata(self) -> dict[str, Any]:
+        """What mteb's ``ModelMeta`` records of this (weightless, untrained) model."""
+        return {"revision": hashlib.sha256(self.fingerprint().encode()).hexdigest()[:16], "n_parameters": 0,
+                "framework": ["NumPy"], "training_datasets": [], "model_type": ["sparse"], "open_weights": True,
+                "reference": "https://github.com/xhluca/bm25s"}  # fmt: skip
 
     def search(
         self,

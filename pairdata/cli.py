@@ -12,6 +12,7 @@ Examples::
     python -m pairdata bench             # throughput table of the built datasets
     python -m pairdata mine --model smollm2-135m --tower search --built text-search --out mined/round-1
     python -m pairdata mine --model outputs/search/checkpoints/step-000400 --built text-search --out mined/round-2
+    python -m pairdata audit runs/similarity-smollm2-135m   # contamination.json beside its newest checkpoint
 
 A complete dataset is skipped unless ``--force``; an interrupted build resumes from its
 per-source extractions. Every build writes ``DATA_DIR/NAME/manifest.json``.
@@ -153,6 +154,14 @@ def parser() -> argparse.ArgumentParser:
                       help="candidates holding a benchmark text are never used (the shared/data folder)")  # fmt: skip
     mine.add_argument("--no-benchmark-check", action="store_true", help="skip the benchmark check of candidates")
     mine.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    audit = commands.add_parser("audit", help="benchmark contamination of a checkpoint's training data")
+    audit.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a training run (its newest checkpoint)")
+    audit.add_argument("--benchmark-dir", type=Path, default=default_benchmark_dir(),
+                       help="the benchmark texts (the shared/data folder)")  # fmt: skip
+    audit.add_argument("--data-dir", type=Path, default=default_data_dir(), help="where built code test splits are")
+    audit.add_argument("--ngram", type=int, default=13, help="n-gram length of the overlap test (GPT-3: 13)")
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
     return top
 
 
@@ -200,6 +209,24 @@ def run_mine(args: argparse.Namespace, command: str) -> dict:
         f"{manifest['seconds']}"
     )
     return manifest
+
+
+def run_audit(args: argparse.Namespace, command: str) -> int:
+    from pairdata.audit import audit, markdown_table
+
+    if args.ngram < 1:
+        raise SystemExit(f"--ngram must be at least 1, got {args.ngram}")
+    benchmark_dir = args.benchmark_dir.expanduser()
+    if not benchmark_dir.is_dir():
+        raise SystemExit(f"benchmark folder {benchmark_dir} not found: pass --benchmark-dir (the shared/data folder)")
+    try:
+        path, report = audit(args.checkpoint, benchmark_dir, args.data_dir.expanduser(), args.ngram,
+                             show_progress=not args.quiet, command=command)  # fmt: skip
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(markdown_table(report))
+    print(f"\n{path}" + ("" if report["complete"] else "  (incomplete: see training_sets[].reason)"))
+    return 0
 
 
 def _benchmark_index(args: argparse.Namespace):
@@ -378,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print_table(args.data_dir)
         return 0
+    if args.command == "audit":
+        return run_audit(args, command="python -m pairdata " + shlex.join(argv))
     if args.command == "mine":
         run_mine(args, command="python -m pairdata " + shlex.join(argv))
         return 0

@@ -82,11 +82,7 @@ class LeakageIndex:
             self._add_sentences(text)
 
     def _gram_hashes(self, text_words: list[str]) -> np.ndarray:
-        n = self.ngram
-        return np.fromiter(
-            (stable_hash(" ".join(text_words[i : i + n])) for i in range(len(text_words) - n + 1)),
-            dtype=np.uint64,
-        )
+        return gram_hashes(text_words, self.ngram)
 
     def freeze(self) -> LeakageIndex:
         """Merge the n-gram hashes into one sorted array (call after the last ``add``)."""
@@ -128,6 +124,14 @@ class LeakageIndex:
             "sentence_min_words": self.sentence_min_words,
             "files": self.files,
         }
+
+
+def gram_hashes(text_words: list[str], n: int) -> np.ndarray:
+    """The stable hashes of every ``n``-word sequence of ``text_words`` (empty when shorter)."""
+    return np.fromiter(
+        (stable_hash(" ".join(text_words[i : i + n])) for i in range(len(text_words) - n + 1)),
+        dtype=np.uint64,
+    )
 
 
 def _jsonl_texts(path: Path) -> Iterator[str]:

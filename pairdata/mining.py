@@ -37,6 +37,7 @@ import numpy as np
 
 from pairdata.errors import DataFormatError
 from pairdata.progress import progress
+from pairdata.store import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -162,16 +163,10 @@ def embed_to_disk(
             array = np.lib.format.open_memmap(path, mode=mode, dtype=np.float16, shape=(count, vectors.shape[1]))
         array[start:end] = vectors
         array.flush()
-        _write_atomic(done_file, str(end))
+        write_text_atomic(done_file, str(end))
     if not path.is_file():  # nothing to encode
         np.save(path, np.zeros((0, 1), dtype=np.float16))
     return np.load(path, mmap_mode="r")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 # ---- the set, its pool, and the rows' positives ---------------------------------------------------
@@ -321,7 +316,7 @@ def mine(
         raise FileExistsError(
             f"{out_dir} holds a mining run with other settings ({settings_file}); use another --out or delete it"
         )
-    _write_atomic(settings_file, json.dumps(settings, indent=2, sort_keys=True))
+    write_text_atomic(settings_file, json.dumps(settings, indent=2, sort_keys=True))
 
     x_keys = column_hashes(dataset, "x", show_progress)
     y_keys = column_hashes(dataset, "y", show_progress)
@@ -381,7 +376,7 @@ def mine(
             "positive_score": positive_scores.astype(np.float32), "negative_scores": negative_scores,
         })  # fmt: skip
         stats = _block_stats(positive_scores, negative_scores, filters.num_negatives, drops)
-        _write_atomic(stats_file, json.dumps(stats))
+        write_text_atomic(stats_file, json.dumps(stats))
         temporary = part.with_name(f".{part.name}.tmp")
         pq.write_table(table, temporary)
         os.replace(temporary, part)
@@ -400,7 +395,7 @@ def mine(
             "total_this_run": round(time.perf_counter() - started, 1),
         },  # fmt: skip
     }
-    _write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2))
+    write_text_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -40,6 +40,13 @@ def read_manifest(data_dir: str | Path, name: str) -> dict:
     return json.loads((dataset_dir(data_dir, name) / MANIFEST).read_text(encoding="utf-8"))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
 def write_jsonl_gz(path: Path, records: Iterable[dict]) -> int:
     """Write records as gzipped JSON lines through a temporary file; returns the record count."""
     tmp = path.with_name(path.name + ".tmp")

@@ -5,6 +5,8 @@ Layout written to ``OUT``::
     OUT/                                  DecoderEmbedder.save_pretrained (``python -m serve --model OUT``)
     OUT/sentence-transformers/<side>/     SentenceTransformer(OUT/sentence-transformers/<side>)
     OUT/export.json                       sides, folders, embedding size, max_seq_length
+    OUT/sentence-transformers/<side>/README.md   the model card (serve.model_card): base, data, scores, audit
+    OUT/contamination.json                the checkpoint's `pairdata audit` report, when it has one (also per side)
     OUT/onnx/<side>/                      with --onnx: an ONNX graph per side (see serve.onnx_export)
     OUT/verify/                           with --verify: the parity table across runtimes (serve.verify)
 
@@ -17,6 +19,7 @@ Transformer -> Pooling(lasttoken) -> [Dense, when the model has a projection] ->
 CLI::
 
     python -m serve.export CHECKPOINT OUT [--max-seq-length 512] [--onnx [--onnx-int8]] [--verify]
+                           [--results outputs/eval/beir/.../results.json]
 """
 
 from __future__ import annotations
@@ -36,9 +39,18 @@ ST_DIR = "sentence-transformers"
 
 
 def export(
-    checkpoint: str | Path, out: str | Path, max_seq_length: int = 512, onnx: bool = False, onnx_int8: bool = False
+    checkpoint: str | Path,
+    out: str | Path,
+    max_seq_length: int = 512,
+    onnx: bool = False,
+    onnx_int8: bool = False,
+    results: Sequence[str | Path] = (),
 ) -> dict:
     """Export ``checkpoint`` (a checkpoint or a run folder: newest checkpoint) into ``out``.
+
+    Each sentence-transformers folder gets a model card (``README.md``, :mod:`serve.model_card`)
+    naming the base model, the training data, scores (``results``: ``results.json`` files of
+    ``eval/run.py``) and the checkpoint's contamination audit, which is copied beside it.
 
     Returns:
         the ``export.json`` content.
@@ -47,6 +59,7 @@ def export(
         raise ValueError(f"max_seq_length must be >= 3 (two delimiters and one token), got {max_seq_length}")
     from models import DecoderEmbedder
     from models.embedder import CONFIG_NAME, resolve_checkpoint_dir
+    from serve.model_card import AUDIT_FILE, CARD, copy_audit, model_card
 
     out = Path(out)
     source = resolve_checkpoint_dir(checkpoint)
@@ -68,6 +81,12 @@ def export(
         # --verify also compares against the unmerged adapter model when the source was a LoRA checkpoint
         "source": {"checkpoint": str(source.resolve()), "lora": lora},
     }
+    audit = copy_audit(source, [out, *(out / folder for folder in folders.values())])
+    info["audit"] = AUDIT_FILE if audit is not None else None
+    for side, folder in folders.items():
+        spec = model.sides[side]
+        card = model_card(side, info, source, spec.open_token, spec.close_token, audit, [Path(r) for r in results])
+        (out / folder / CARD).write_text(card, encoding="utf-8")
     if onnx or onnx_int8:
         from serve.onnx_export import ONNX_DIR, export_onnx
 
@@ -131,8 +150,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--verify", action="store_true", help="then compare every runtime on probes (exit 1 if off)")
     parser.add_argument("--tolerance", type=float, default=None, help="--verify: max abs difference allowed")
     parser.add_argument("--no-side-stack", action="store_true", help="--verify: skip the older stack's side venv")
+    parser.add_argument("--results", action="append", default=[], metavar="RESULTS_JSON",
+                        help="an eval/run.py results.json: its scores go in the model cards (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
-    info = export(args.checkpoint, args.out, args.max_seq_length, onnx=args.onnx, onnx_int8=args.onnx_int8)
+    for path in args.results:
+        if not Path(path).is_file():
+            parser.error(f"--results {path}: file not found")
+    info = export(args.checkpoint, args.out, args.max_seq_length, onnx=args.onnx, onnx_int8=args.onnx_int8,
+                  results=args.results)  # fmt: skip
     print(json.dumps(info, indent=2))
     if args.verify:
         from serve.verify import DEFAULT_TOLERANCE, run_verify

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from models import DecoderEmbedder
+from pairdata.provenance import RUN_CONFIG  # pairdata reads it back (the audit, mteb metadata)
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
-RUN_CONFIG = "train_config.yaml"
 TRAINING_STATE_DIR = "training_state"
 DATA_STATE_DIR = "data_state"
 SCHEDULER_STATE = "scheduler.json"
