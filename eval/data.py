@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,79 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def join_document(title: str, text: str) -> str:
+    """Title and text joined by a space, exactly as MTEB joins them (BEIR's convention)."""
+    return f"{title} {text}".strip() if title else text
+
+
+@dataclass
+class CorpusIndex:
+    """A BEIR corpus file scanned once and read back in row ranges, never held in memory whole.
+
+    ``ids`` are in file order with duplicate ids dropped (the first record wins, as
+    :func:`load_beir`); ``digest`` is the sha256 of the document texts in that order (the key of
+    their embeddings); ``rows`` maps the ids asked for at scan time (qrels docs, query ids) to rows.
+    """
+
+    path: Path
+    ids: list[str]
+    digest: str
+    rows: dict[str, int]
+    duplicate_lines: frozenset[int] = frozenset()
+    _cursor: Any = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def scan(cls, path: Path, watch: set[str] | frozenset[str] = frozenset()) -> CorpusIndex:
+        ids: list[str] = []
+        seen: set[str] = set()  # the ids' own strings: the list and the set share them
+        duplicates: set[int] = set()
+        rows: dict[str, int] = {}
+        digest = hashlib.sha256()
+        for number, doc_id, title, text in iter_documents(path, need_title=True):
+            if doc_id in seen:
+                duplicates.add(number)
+                continue
+            seen.add(doc_id)
+            if doc_id in watch:
+                rows[doc_id] = len(ids)
+            ids.append(doc_id)
+            digest.update(join_document(title, text).encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+        if duplicates:
+            logger.warning("%s: %d duplicate ids; the first record of each was kept", path, len(duplicates))
+        if not ids:
+            raise DataFormatError(path, "holds no records")
+        return cls(path, ids, digest.hexdigest(), rows, frozenset(duplicates))
+
+    def texts(self, start: int, end: int) -> list[str]:
+        """The document texts of rows ``[start, end)``; reading forward from the last call is one pass."""
+        if self._cursor is None or self._cursor[0] > start:
+            self._cursor = (0, self._documents())
+        position, documents = self._cursor
+        out = []
+        while position < end:
+            text = next(documents)
+            if position >= start:
+                out.append(text)
+            position += 1
+        self._cursor = (position, documents)
+        return out
+
+    def _documents(self) -> Iterator[str]:
+        for number, _, title, text in iter_documents(self.path, need_title=True):
+            if number not in self.duplicate_lines:
+                yield join_document(title, text)
+
+
 @dataclass
 class BeirDataset:
-    """One BEIR dataset split: texts by id, graded qrels, and the files they came from."""
+    """One BEIR dataset split: texts by id, graded qrels, and the files they came from.
+
+    Loaded with ``corpus=False``, ``corpus`` is empty and ``corpus_index`` streams the documents.
+    """
 
     name: str
     corpus: dict[str, dict[str, str]]  # doc id -> {"title": ..., "text": ...}
@@ -78,11 +149,16 @@ class BeirDataset:
     files: dict[str, Path] = field(default_factory=dict)
     missing_qrel_docs: int = 0  # qrels rows whose doc id is not in the corpus
     missing_qrel_queries: int = 0  # qrels query ids with no query text
+    corpus_index: CorpusIndex | None = None
 
     def document_text(self, doc_id: str) -> str:
         """Title and text joined by a space, exactly as MTEB joins them (BEIR's convention)."""
         doc = self.corpus[doc_id]
-        return f"{doc['title']} {doc['text']}".strip() if doc["title"] else doc["text"]
+        return join_document(doc["title"], doc["text"])
+
+    @property
+    def documents(self) -> int:
+        return len(self.corpus_index) if self.corpus_index is not None else len(self.corpus)
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -92,9 +168,8 @@ def _find(folder: Path, stem: str) -> Path:
     raise DataFormatError(folder / f"{stem}.jsonl", f"file not found (nor {stem}.jsonl.gz) in the BEIR folder")
 
 
-def _read_texts(path: Path, need_title: bool) -> dict[str, dict[str, str]]:
-    records: dict[str, dict[str, str]] = {}
-    duplicates = 0
+def iter_documents(path: Path, need_title: bool) -> Iterator[tuple[int, str, str, str]]:
+    """``(line number, id, title, text)`` of every record of a BEIR ``corpus``/``queries`` file, checked."""
     for number, record in iter_jsonl(path):
         doc_id = record.get("_id")
         if isinstance(doc_id, int):
@@ -107,10 +182,17 @@ def _read_texts(path: Path, need_title: bool) -> dict[str, dict[str, str]]:
         title = record.get("title") or ""
         if not isinstance(title, str):
             raise DataFormatError(path, f"'title' must be a string, got {title!r:.80}", number)
+        yield number, doc_id, title if need_title else "", text
+
+
+def _read_texts(path: Path, need_title: bool) -> dict[str, dict[str, str]]:
+    records: dict[str, dict[str, str]] = {}
+    duplicates = 0
+    for _, doc_id, title, text in iter_documents(path, need_title):
         if doc_id in records:
             duplicates += 1
             continue
-        records[doc_id] = {"title": title if need_title else "", "text": text}
+        records[doc_id] = {"title": title, "text": text}
     if duplicates:
         logger.warning("%s: %d duplicate ids; the first record of each was kept", path, duplicates)
     if not records:
@@ -141,8 +223,11 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_beir(folder: str | Path, split: str = "test", name: str | None = None) -> BeirDataset:
+def load_beir(folder: str | Path, split: str = "test", name: str | None = None, corpus: bool = True) -> BeirDataset:
     """Read a BEIR-layout folder: ``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``, ``qrels/<split>.tsv``.
+
+    ``corpus=False`` keeps the documents on disk: only their ids are read (``corpus_index``), for
+    corpora that should not sit in memory (HotpotQA, FEVER, MS MARCO: millions of passages).
 
     Only queries that have qrels are kept. Qrels rows whose doc id is not in the corpus are kept (they
     count as relevant but unretrievable, as upstream) and counted with a warning (ArguAna has 5).
@@ -162,14 +247,21 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
     corpus_path, queries_path = _find(folder, "corpus"), _find(folder, "queries")
     qrels_path = folder / "qrels" / f"{split}.tsv"
     qrels = read_qrels(qrels_path)
-    corpus = _read_texts(corpus_path, need_title=True)
     all_queries = _read_texts(queries_path, need_title=False)
     queries = {qid: all_queries[qid]["text"] for qid in qrels if qid in all_queries}
     missing_queries = len(qrels) - len(queries)
     if missing_queries:
         logger.warning("%s: %d query ids in qrels have no query text; they are skipped", qrels_path, missing_queries)
         qrels = {qid: docs for qid, docs in qrels.items() if qid in queries}
-    missing_docs = sum(1 for docs in qrels.values() for doc_id in docs if doc_id not in corpus)
+    index = None
+    if corpus:
+        documents = _read_texts(corpus_path, need_title=True)
+        present: Any = documents
+    else:
+        documents = {}
+        index = CorpusIndex.scan(corpus_path, {d for docs in qrels.values() for d in docs} | set(queries))
+        present = index.rows
+    missing_docs = sum(1 for docs in qrels.values() for doc_id in docs if doc_id not in present)
     if missing_docs:
         logger.warning(
             "%s: %d qrels rows name doc ids absent from %s (kept as relevant but unretrievable, as upstream)",
@@ -179,12 +271,13 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None) 
         )
     return BeirDataset(
         name=name,
-        corpus=corpus,
+        corpus=documents,
         queries=queries,
         qrels=qrels,
         files={"corpus": corpus_path, "queries": queries_path, "qrels": qrels_path},
         missing_qrel_docs=missing_docs,
         missing_qrel_queries=missing_queries,
+        corpus_index=index,
     )
 
 

@@ -40,6 +40,12 @@ class MemoisedEncoder:
             self._memo[key] = self.inner.encode(texts, role, dataset)
         return self._memo[key]
 
+    def encode_corpus(self, corpus: Any, role: str, dataset: str, **options: Any) -> Any:
+        key = (role, dataset, len(corpus), corpus.digest)
+        if key not in self._memo:
+            self._memo[key] = self.inner.encode_corpus(corpus, role, dataset, **options)
+        return self._memo[key]
+
     @property
     def embedding_size(self) -> int | None:
         """The full vectors' size, once something was encoded."""
@@ -55,6 +61,24 @@ class PrefixEncoder:
 
     def encode(self, texts: Sequence[str], role: str, dataset: str) -> np.ndarray:
         return truncate(self.inner.encode(texts, role, dataset), self.dimensions)
+
+    def encode_corpus(self, corpus: Any, role: str, dataset: str, **options: Any) -> Any:
+        return PrefixRows(self.inner.encode_corpus(corpus, role, dataset, **options), self.dimensions)
+
+
+class PrefixRows:
+    """Row blocks of an on-disk matrix, truncated to a prefix size and re-normalised as they are read."""
+
+    def __init__(self, inner: Any, dimensions: int | None) -> None:
+        self.inner = inner
+        self.dimensions = dimensions
+        self.shape = (len(inner), dimensions or inner.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return truncate(np.asarray(self.inner[rows], dtype=np.float32), self.dimensions)
 
 
 def check_sizes(sizes: Sequence[int | None] | None) -> list[int | None]:

@@ -89,6 +89,8 @@ def task_scores(
         family, dataset, metric = score.key.split("/", 2)
         if dataset in {"average", "average_subset"} or metric.count("@") > (1 if family in {"beir"} else 0):
             continue
+        if metric.startswith("index_recall@"):  # the faiss index against exact search: not a task score
+            continue
         if family == "beir" and dataset in BEIR_TASKS and (name := _retrieval_metric(metric)):
             task = BEIR_TASKS[dataset]
         elif family == "sts" and dataset in STS_TASKS and metric in STS_METRICS:

@@ -8,6 +8,8 @@ Usage (from the project root)::
     python eval/run.py benchmark=senteval cache_dir=/tmp/cpt-eval-cache
     python eval/run.py benchmark=beir source=checkpoint source.checkpoint_dir=runs/x/final
     python eval/run.py benchmark=sts dimensions=[64,128,256,null]   # one table over sizes
+    python eval/run.py benchmark=beir benchmark.index=hnsw         # faiss HNSW, recall@100 vs exact reported
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 eval/run.py benchmark=beir  # 2 processes
 
 Writes ``results.json`` and ``results.md`` (atomically) to ``output_dir`` with the model, the
 sha256 of every data file read, the git commit and the resolved config, and prints the table; and
@@ -17,9 +19,13 @@ Configs: ``configs/eval.yaml`` with groups ``source/``, ``benchmark/`` and ``ref
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,17 +67,45 @@ def run(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
     """
     from hydra.utils import instantiate
 
-    from eval.benchmarks import BenchmarkOutput, Context
+    from eval.benchmarks import Context
+    from eval.distributed import Shards
+
+    started = time.time()
+    _seed_everything(cfg.seed, cfg.get("torch_threads"))
+    shards = Shards.from_environment()
+    source = instantiate(cfg.source, _convert_="all")
+    benchmark = instantiate(cfg.benchmark, _convert_="all")
+    model_name = getattr(source, "name", type(source).__name__)
+    with _work_dir(cfg, shards) as work_dir:
+        context = Context.for_source(source, model_name, cfg.cache_dir, cfg.show_progress, shards, work_dir)
+        return _run(cfg, command, started, source, benchmark, model_name, context)
+
+
+@contextlib.contextmanager
+def _work_dir(cfg: DictConfig, shards: Any) -> Iterator[Path]:
+    """The run's scratch folder for uncached corpus embeddings: made by the main process, shared, removed after."""
+    root = cfg.get("work_dir")
+    path = None
+    if shards.is_main:
+        if root is not None:
+            Path(root).expanduser().mkdir(parents=True, exist_ok=True)
+        path = tempfile.mkdtemp(prefix="cpt-eval-", dir=None if root is None else Path(root).expanduser())
+    path = shards.broadcast(path)
+    try:
+        yield Path(path)
+    finally:
+        shards.barrier()
+        if shards.is_main:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _run(cfg: DictConfig, command: str | None, started: float, source: Any, benchmark: Any, model_name: str,
+         context: Any) -> dict[str, Any]:  # fmt: skip
+    from eval.benchmarks import BenchmarkOutput
     from eval.data import sha256_file
     from eval.dimensions import MemoisedEncoder, PrefixEncoder, check_sizes, scores_at, size_table
     from eval.report import compare, git_commit, markdown_table, write_plot, write_results
 
-    started = time.time()
-    _seed_everything(cfg.seed, cfg.get("torch_threads"))
-    source = instantiate(cfg.source, _convert_="all")
-    benchmark = instantiate(cfg.benchmark, _convert_="all")
-    model_name = getattr(source, "name", type(source).__name__)
-    context = Context.for_source(source, model_name, cfg.cache_dir, cfg.show_progress)
     logger.info("benchmark %s, model %s", benchmark.name, model_name)
     sizes = check_sizes(cfg.get("dimensions"))
     if sizes == [None]:
@@ -113,6 +147,10 @@ def run(cfg: DictConfig, command: str | None = None) -> dict[str, Any]:
     }
     if sizes != [None]:
         record["size_table"] = size_table(output.scores, sizes, full.embedding_size)
+    record["processes"] = context.shards.world
+    if not context.shards.is_main:  # every process computed the same scores; the main one writes them
+        record["rows"] = rows
+        return record
     output_dir = Path(cfg.output_dir)
     if cfg.get("mteb_results", True):
         record.update(_mteb_results(output_dir, benchmark.name, output, source, model_name, record["seconds"]))

@@ -1,62 +1,82 @@
-"""Exact dense retrieval: chunked inner-product top-k over L2-normalised embeddings."""
+"""Dense retrieval over L2-normalised embeddings: exact chunked top-k, or a faiss index (``eval.index``).
+
+:func:`exact_search` never needs the document matrix in memory: it reads it in row blocks (a
+memory map from :meth:`eval.cache.Encoder.encode_corpus` works as well as an array) and keeps a
+running top-k per query (:func:`pairdata.vectors.top_candidates`). With several processes each
+scores a share of the queries and the hit lists are gathered, so every process returns the same run.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+from eval.distributed import Shards
+from pairdata.vectors import top_candidates
+
+Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
+
+
+def own_rows(query_ids: Sequence[str], doc_rows: dict[str, int] | Sequence[str]) -> np.ndarray:
+    """(Q,) the document row whose id equals each query id (BEIR's identical-id rule), -1 where none."""
+    rows = doc_rows if isinstance(doc_rows, dict) else {d: i for i, d in enumerate(doc_rows)}
+    return np.array([rows.get(query_id, -1) for query_id in query_ids], dtype=np.int64)
 
 
 def exact_search(
     query_vectors: np.ndarray,
-    doc_vectors: np.ndarray,
+    doc_vectors: Any,
     query_ids: Sequence[str],
     doc_ids: Sequence[str],
     top_k: int,
     ignore_identical_ids: bool = True,
     chunk_size: int = 1024,
     show_progress: bool = False,
-) -> dict[str, dict[str, float]]:
+    doc_chunk: int = 65_536,
+    doc_rows: dict[str, int] | None = None,
+    shards: Shards | None = None,
+) -> Run:
     """Top-k documents per query by dot product (cosine for normalised vectors), exactly.
 
     Args:
         query_vectors: (Q, D) query embeddings.
-        doc_vectors: (N, D) document embeddings.
+        doc_vectors: (N, D) document embeddings: an array, a memory map or an ``eval.cache.RowStack``.
         query_ids: Q ids, aligned with ``query_vectors``.
         doc_ids: N ids, aligned with ``doc_vectors``.
         top_k: hits kept per query.
         ignore_identical_ids: drop a document whose id equals the query id (BEIR's rule: ArguAna and
             Quora queries are corpus documents themselves). The document is masked before top-k, so
             each query still gets ``top_k`` other hits.
-        chunk_size: queries scored per matmul, bounding memory at chunk_size x N floats.
-        show_progress: show a progress bar over chunks.
+        chunk_size: queries scored together; with ``doc_chunk``, memory is about
+            chunk_size x (doc_chunk + top_k) floats.
+        show_progress: show a progress bar over query chunks.
+        doc_chunk: document rows read and scored per block.
+        doc_rows: doc id -> row for (at least) the query ids, when ``doc_ids`` is too long to index whole.
+        shards: split the queries across processes (each gets every hit list back).
 
     Returns:
         query id -> {doc id: score} with at most ``top_k`` entries.
     """
-    import torch
     from tqdm.auto import tqdm
 
-    if query_vectors.shape[0] != len(query_ids) or doc_vectors.shape[0] != len(doc_ids):
+    shards = shards or Shards()
+    if query_vectors.shape[0] != len(query_ids) or len(doc_vectors) != len(doc_ids):
         raise ValueError("vectors and ids are not aligned")
-    docs = torch.from_numpy(np.ascontiguousarray(doc_vectors, dtype=np.float32))  # (N, D)
-    doc_index = {doc_id: i for i, doc_id in enumerate(doc_ids)}
     k = min(top_k, len(doc_ids) - (1 if ignore_identical_ids else 0))
-    results: dict[str, dict[str, float]] = {}
-    starts = range(0, len(query_ids), chunk_size)
-    for start in tqdm(starts, desc="search", disable=not show_progress):
-        ids = query_ids[start : start + chunk_size]
-        queries = torch.from_numpy(np.ascontiguousarray(query_vectors[start : start + len(ids)], dtype=np.float32))
-        scores = queries @ docs.T  # (C, N)
-        if ignore_identical_ids:
-            for row, query_id in enumerate(ids):
-                column = doc_index.get(query_id)
-                if column is not None:
-                    scores[row, column] = float("-inf")
-        values, indices = torch.topk(scores, k=k, dim=1)  # (C, k)
-        for row, query_id in enumerate(ids):
-            results[query_id] = {
-                doc_ids[column]: float(value)
-                for value, column in zip(values[row].tolist(), indices[row].tolist(), strict=True)
-            }
+    exclude = own_rows(query_ids, doc_rows if doc_rows is not None else doc_ids) if ignore_identical_ids else None
+    first, last = shards.span(len(query_ids))
+    results: Run = {}
+    starts = range(first, last, chunk_size)
+    for start in tqdm(starts, desc="search", disable=not show_progress or not shards.is_main):
+        end = min(start + chunk_size, last)
+        scores, rows = top_candidates(query_vectors[start:end], doc_vectors, k, doc_chunk,
+                                      None if exclude is None else exclude[start:end])  # fmt: skip
+        for offset, query_id in enumerate(query_ids[start:end]):
+            results[query_id] = {doc_ids[row]: float(value) for value, row in
+                                 zip(scores[offset].tolist(), rows[offset].tolist(), strict=True)}  # fmt: skip
+    if shards.world > 1:
+        results = {query_id: hits for part in shards.gather(results) for query_id, hits in part.items()}
+        results = {query_id: results[query_id] for query_id in query_ids}  # the order of one process
     return results

@@ -171,7 +171,7 @@ class SentenceTransformerSource:
         return {
             "revision": hashlib.sha256(self.fingerprint().encode()).hexdigest()[:16],
             "n_parameters": sum(p.numel() for p in model.parameters()),
-            "embed_dim": model.get_sentence_embedding_dimension(),
+            "embed_dim": model.get_embedding_dimension(),
             "max_tokens": model.max_seq_length,
             "framework": ["Sentence Transformers", "PyTorch"],
             "use_instructions": any(self.prompts.values()),

@@ -225,8 +225,11 @@ def audit(
         "ngram": ngram,
         "normalisation": "NFKC, lower-cased, word characters only (pairdata.textnorm.normalize)",
         "benchmark_dir": None if benchmark_dir is None else str(benchmark_dir),
-        "benchmark_files_sha256": {b.path: sha256_file(Path(benchmark_dir, b.path)) for b in benchmarks
-                                   if b.kind == "benchmark" and benchmark_dir is not None},  # fmt: skip
+        "benchmark_files_sha256": {
+            b.path: sha256_file(Path(benchmark_dir, b.path))
+            for b in benchmarks
+            if b.kind == "benchmark" and benchmark_dir is not None
+        },  # fmt: skip
         "complete": all(entry["status"] == "audited" for entry in audited) and bool(benchmarks),
         "training_sets": audited,
         "benchmarks": index.benchmark_counts(),

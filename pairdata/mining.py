@@ -38,6 +38,7 @@ import numpy as np
 from pairdata.errors import DataFormatError
 from pairdata.progress import progress
 from pairdata.store import write_text_atomic
+from pairdata.vectors import embed_to_disk, top_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -142,33 +143,6 @@ def _two(sides: tuple[str, ...]) -> tuple[str, str]:
     return (sides[0], sides[0]) if len(sides) == 1 else (sides[0], sides[1])
 
 
-# ---- embeddings on disk --------------------------------------------------------------------------
-
-
-def embed_to_disk(
-    path: Path, count: int, texts_at: Callable[[int, int], list[str]], encode: Callable[[list[str]], np.ndarray],
-    chunk: int, show_progress: bool, desc: str,
-) -> np.ndarray:  # fmt: skip
-    """``count`` embeddings in a float16 ``.npy`` file, encoded ``chunk`` texts at a time; an interrupted
-    run continues after the last chunk it finished (counted in ``PATH.done``). Returns the memory map."""
-    done_file = path.with_suffix(".done")
-    done = int(done_file.read_text()) if done_file.is_file() and path.is_file() else 0
-    array = None
-    starts = range(done, count, chunk)
-    for start in progress(starts, enabled=show_progress, desc=desc, unit="chunk", total=len(starts)):
-        end = min(count, start + chunk)
-        vectors = encode(texts_at(start, end)).astype(np.float16)
-        if array is None:
-            mode = "r+" if path.is_file() else "w+"
-            array = np.lib.format.open_memmap(path, mode=mode, dtype=np.float16, shape=(count, vectors.shape[1]))
-        array[start:end] = vectors
-        array.flush()
-        write_text_atomic(done_file, str(end))
-    if not path.is_file():  # nothing to encode
-        np.save(path, np.zeros((0, 1), dtype=np.float16))
-    return np.load(path, mmap_mode="r")
-
-
 # ---- the set, its pool, and the rows' positives ---------------------------------------------------
 
 
@@ -236,23 +210,6 @@ class Positives:
 
 
 # ---- search and filters --------------------------------------------------------------------------
-
-
-def top_candidates(queries: np.ndarray, pool: np.ndarray, depth: int, pool_chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``depth`` pool rows per query by inner product: (scores, indices), best first."""
-    import torch
-
-    q = torch.from_numpy(np.asarray(queries, dtype=np.float32))
-    best_scores = torch.full((len(q), 0), float("-inf"))
-    best_index = torch.zeros((len(q), 0), dtype=torch.int64)
-    for start in range(0, len(pool), pool_chunk):
-        block = torch.from_numpy(np.asarray(pool[start : start + pool_chunk], dtype=np.float32))
-        scores = torch.cat([best_scores, q @ block.T], dim=1)
-        index = torch.cat([best_index, torch.arange(start, start + len(block)).expand(len(q), -1)], dim=1)
-        keep = min(depth, scores.shape[1])
-        best_scores, where = scores.topk(keep, dim=1)
-        best_index = index.gather(1, where)
-    return best_scores.numpy(), best_index.numpy()
 
 
 def choose_negatives(

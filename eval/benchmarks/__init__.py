@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from eval.cache import Encoder
+from eval.distributed import Shards
 from eval.report import Score
 from eval.sources import DenseSource, LexicalSource
 
@@ -25,6 +26,7 @@ class Context:
     encoder: Encoder | None = None
     lexical: LexicalSource | None = None
     show_progress: bool = True
+    shards: Shards = field(default_factory=Shards)
 
     @classmethod
     def for_source(
@@ -33,10 +35,15 @@ class Context:
         model_name: str,
         cache_dir: str | Path | None,
         show_progress: bool,
+        shards: Shards | None = None,
+        work_dir: str | Path | None = None,
     ) -> Context:
+        """``work_dir``: where uncached corpus embeddings go (the same folder on every process)."""
+        shards = shards or Shards()
         if isinstance(source, LexicalSource) and not isinstance(source, DenseSource):
-            return cls(model_name=model_name, lexical=source, show_progress=show_progress)
-        return cls(model_name=model_name, encoder=Encoder(source, model_name, cache_dir), show_progress=show_progress)
+            return cls(model_name=model_name, lexical=source, show_progress=show_progress, shards=shards)
+        encoder = Encoder(source, model_name, cache_dir, shards=shards, work_dir=work_dir)
+        return cls(model_name=model_name, encoder=encoder, show_progress=show_progress, shards=shards)
 
     def require_dense(self, benchmark: str) -> Encoder:
         if self.encoder is None:

@@ -1,25 +1,30 @@
-"""BEIR retrieval: exact dense search (or a lexical source), scored with pytrec_eval.
+"""BEIR retrieval: exact dense search over on-disk embeddings, a faiss index, or a lexical source; pytrec_eval.
 
 Each dataset is a BEIR-layout folder (``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``,
 ``qrels/<split>.tsv``), named under ``data_root`` or given as a path. A name found neither under
 ``data_root`` nor under ``download_dir`` is fetched from BEIR's server (``eval.data.download_beir``)
 before anything is encoded; offline, the error names the folder to create and the URL. Documents are encoded as
-``title + " " + text`` with the ``document`` role, queries with the ``query`` role. Metrics:
+``title + " " + text`` with the ``document`` role, queries with the ``query`` role. The corpus is
+streamed from its file and its embeddings are memory-mapped from disk (``Encoder.encode_corpus``),
+so memory does not grow with the corpus; several processes share the encoding. Metrics:
 nDCG@10 (main), MAP@100, Recall@100 and MRR@10 (x100), and their average over datasets.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
 from eval.benchmarks import BenchmarkOutput, Context, resolve_data_path
 from eval.data import BeirDataset, download_beir, load_beir
+from eval.index import IndexOptions, build_index, check_index_type, index_search, recall_against
 from eval.metrics import RETRIEVAL_METRICS, retrieval_scores
 from eval.report import Score
-from eval.search import exact_search
+from eval.search import exact_search, own_rows
+from pairdata.vectors import DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,13 @@ class BeirBenchmark:
     download_url: the folder URL holding ``<name>.zip``; ``None``: ``$CPT_BEIR_URL``, else BEIR's server.
     checksums: name -> md5 of the zip, over BEIR's published md5s (for mirrors of other files).
     show_progress: a progress bar while downloading.
+    index: ``exact`` (chunked exact search over the on-disk matrix) or a faiss index, ``flat``,
+        ``hnsw`` or ``ivf`` (``eval.index``; its recall@top_k against exact search is reported).
+    index_options: ``eval.index.IndexOptions`` fields (``ef_search``, ``nprobe``, ...).
+    embedding_dtype: storage of the corpus embeddings on disk, ``float32`` or ``float16``
+        (docs/benchmarks.md measures both); scores are computed in float32 either way.
+    encode_chunk: documents encoded (and written) per chunk.
+    doc_chunk: document rows read per block of the exact search.
     """
 
     name = "beir"
@@ -73,6 +85,11 @@ class BeirBenchmark:
         download_url: str | None = None,
         checksums: dict[str, str] | None = None,
         show_progress: bool = True,
+        index: str = "exact",
+        index_options: dict | None = None,
+        embedding_dtype: str = "float32",
+        encode_chunk: int = 8192,
+        doc_chunk: int = 65_536,
     ) -> None:
         if not datasets:
             raise ValueError("benchmark.datasets is empty; name at least one BEIR dataset or folder")
@@ -91,6 +108,14 @@ class BeirBenchmark:
         self.download_url = download_url
         self.checksums = dict(checksums or {})
         self.show_progress = show_progress
+        check_index_type(index)
+        if embedding_dtype not in DTYPES:
+            raise ValueError(f"benchmark.embedding_dtype must be one of {sorted(DTYPES)}, got {embedding_dtype!r}")
+        self.index = index
+        self.index_options = IndexOptions(**dict(index_options or {}))
+        self.embedding_dtype = embedding_dtype
+        self.encode_chunk = encode_chunk
+        self.doc_chunk = doc_chunk
 
     def folder(self, dataset: str) -> Path:
         """Where ``dataset`` is read from: a given path, ``data_root/<name>`` or ``download_dir/<name>``."""
@@ -114,30 +139,54 @@ class BeirBenchmark:
             show_progress=self.show_progress,
         )
 
-    def retrieve(self, data: BeirDataset, context: Context) -> dict[str, dict[str, float]]:
-        """query id -> {doc id: score}, top ``top_k`` per query."""
-        doc_ids = list(data.corpus)
+    def retrieve(self, data: BeirDataset, context: Context, details: dict | None = None) -> dict[str, dict[str, float]]:
+        """query id -> {doc id: score}, top ``top_k`` per query; ``details`` receives the index's figures."""
         query_ids = list(data.queries)
         if context.lexical is not None:
-            corpus = {doc_id: data.document_text(doc_id) for doc_id in doc_ids}
+            corpus = {doc_id: data.document_text(doc_id) for doc_id in data.corpus}
             return context.lexical.search(corpus, data.queries, self.top_k, self.ignore_identical_ids)
         encoder = context.require_dense(self.name)
-        doc_vectors = encoder.encode(
-            [data.document_text(doc_id) for doc_id in doc_ids], "document", f"beir/{data.name}/corpus"
-        )
+        corpus = data.corpus_index
+        if corpus is None:
+            raise ValueError(f"{data.name}: load the dataset with corpus=False for dense retrieval (streamed corpus)")
+        doc_vectors = encoder.encode_corpus(corpus, "document", f"beir/{data.name}/corpus", dtype=self.embedding_dtype,
+                                            chunk=self.encode_chunk, show_progress=context.show_progress)  # fmt: skip
         query_vectors = encoder.encode(
             [data.queries[qid] for qid in query_ids], "query", f"beir/{data.name}/queries-{self.split}"
         )
-        return exact_search(
-            query_vectors,
-            doc_vectors,
-            query_ids,
-            doc_ids,
-            top_k=self.top_k,
-            ignore_identical_ids=self.ignore_identical_ids,
-            chunk_size=self.chunk_size,
-            show_progress=context.show_progress,
-        )
+        started = time.perf_counter()
+        exact = exact_search(query_vectors, doc_vectors, query_ids, corpus.ids, top_k=self.top_k,
+                             ignore_identical_ids=self.ignore_identical_ids, chunk_size=self.chunk_size,
+                             show_progress=context.show_progress, doc_chunk=self.doc_chunk, doc_rows=corpus.rows,
+                             shards=context.shards)  # fmt: skip
+        exact_seconds = time.perf_counter() - started
+        if self.index == "exact":
+            return exact
+        approximate, figures = None, None
+        if context.shards.is_main:
+            approximate, figures = self._index_search(doc_vectors, query_vectors, query_ids, corpus, exact)
+            figures["exact_search_seconds"] = round(exact_seconds, 3)
+        approximate, figures = context.shards.broadcast((approximate, figures))
+        if details is not None:
+            details.update(figures)
+        return approximate
+
+    def _index_search(self, doc_vectors, query_vectors, query_ids, corpus, exact) -> tuple[dict, dict]:
+        started = time.perf_counter()
+        index = build_index(self.index, doc_vectors, self.index_options)
+        built = time.perf_counter()
+        exclude = own_rows(query_ids, corpus.rows) if self.ignore_identical_ids else None
+        run = index_search(index, query_vectors, query_ids, corpus.ids, self.top_k, exclude)
+        searched = time.perf_counter()
+        recall = recall_against(run, exact, self.top_k)
+        logger.info("faiss %s: recall@%d against exact search %.4f", self.index, self.top_k, recall)
+        return run, {
+            "index": self.index,
+            f"index_recall@{self.top_k}_vs_exact": round(recall, 6),
+            "index_build_seconds": round(built - started, 3),
+            "index_search_seconds": round(searched - built, 3),
+            "queries_per_second": round(len(query_ids) / max(searched - built, 1e-9), 1),
+        }
 
     def run(self, context: Context) -> BenchmarkOutput:
         scores: list[Score] = []
@@ -146,15 +195,20 @@ class BeirBenchmark:
         # Every dataset is on disk before the first encode (and before a source can set HF_HUB_OFFLINE).
         folders = [self.prepare(dataset) for dataset in self.datasets]
         for folder in folders:
-            data = load_beir(folder, self.split)
+            data = load_beir(folder, self.split, corpus=context.lexical is not None)
             files.update({f"{data.name}/{label}": path for label, path in data.files.items()})
-            run = self.retrieve(data, context)
+            search_details: dict = {}
+            run = self.retrieve(data, context, search_details)
             means, _ = retrieval_scores(data.qrels, run, self.metrics)
             for i, metric in enumerate(self.metrics):
                 scores.append(Score(f"beir/{data.name}/{metric}", 100 * means[metric], main=i == 0))
             logger.info("%s: %s", data.name, ", ".join(f"{m} {100 * v:.2f}" for m, v in means.items()))
+            if search_details:
+                scores.append(Score(f"beir/{data.name}/index_recall@{self.top_k}",
+                                    100 * search_details[f"index_recall@{self.top_k}_vs_exact"]))  # fmt: skip
             details[data.name] = {
-                "documents": len(data.corpus),
+                **search_details,
+                "documents": data.documents,
                 "queries": len(data.queries),
                 "qrels_docs_absent_from_corpus": data.missing_qrel_docs,
                 "qrels_queries_without_text": data.missing_qrel_queries,

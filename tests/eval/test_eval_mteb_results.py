@@ -25,9 +25,7 @@ def test_scores_map_to_mteb_tasks_and_other_protocols_are_listed() -> None:
     ]
     converted, not_converted = task_scores("beir", scores, {})
     by_task = {entry.task: entry.scores for entry in converted}
-    assert by_task["ArguAna"] == {
-        "test": {"default": {"ndcg_at_10": 0.415, "recall_at_100": 0.9, "main_score": 0.415}}
-    }
+    assert by_task["ArguAna"] == {"test": {"default": {"ndcg_at_10": 0.415, "recall_at_100": 0.9, "main_score": 0.415}}}
     assert by_task["SICK-R"]["test"]["default"] == {"cosine_spearman": 0.8, "cosine_pearson": 0.85, "main_score": 0.8}
     assert not_converted == ["beir/my-folder/ndcg@10", "codesearchnet/python/mrr"]
 

@@ -45,8 +45,10 @@ def test_counts_exact_and_ngram_overlap_per_benchmark_file(tmp_path: Path) -> No
         # the STS sentence again, case and punctuation changed: an exact match
         {"x": "The weather was mild, and the river was calm!", "y": "something unrelated entirely here"},
         # 13 words of the ArguAna document inside a longer text: a 13-gram overlap, not exact
-        {"x": "a new essay", "y": "Some say uniforms stop bullying because every pupil wears the same plain clothes to"
-         " class"},
+        {
+            "x": "a new essay",
+            "y": "Some say uniforms stop bullying because every pupil wears the same plain clothes to class",
+        },
         {"x": "clean", "y": "clean too", "negatives": [PLAIN.upper(), "no overlap at all"]},
     ]
     checkpoint = _checkpoint(tmp_path, rows)

@@ -11,7 +11,8 @@ import pytest
 
 from pairdata.cli import main
 from pairdata.leakage import LeakageIndex
-from pairdata.mining import DROP_REASONS, Encoder, MiningFilters, choose_negatives, load_mined, mine, top_candidates
+from pairdata.mining import DROP_REASONS, Encoder, MiningFilters, choose_negatives, load_mined, mine
+from pairdata.vectors import top_candidates
 from tests.train.test_training import write_pairs
 
 
