@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pairdata.errors import DataFormatError
 from pairdata.pairs import iter_jsonl
 
@@ -86,6 +88,7 @@ class CorpusIndex:
     ids: list[str]
     digest: str
     rows: dict[str, int]
+    lines: np.ndarray | None = None  # the file's line number of each row (None: every line but duplicates)
     duplicate_lines: frozenset[int] = frozenset()
     _cursor: Any = field(default=None, repr=False)
 
@@ -93,10 +96,14 @@ class CorpusIndex:
         return len(self.ids)
 
     @classmethod
-    def scan(cls, path: Path, watch: set[str] | frozenset[str] = frozenset()) -> CorpusIndex:
+    def scan(
+        cls, path: Path, watch: set[str] | frozenset[str] = frozenset(), keep: set[str] | None = None
+    ) -> CorpusIndex:
+        """Index ``path``; ``watch``: ids whose rows to remember; ``keep``: index only these ids (a sample)."""
         ids: list[str] = []
         seen: set[str] = set()  # the ids' own strings: the list and the set share them
         duplicates: set[int] = set()
+        lines: list[int] = []
         rows: dict[str, int] = {}
         digest = hashlib.sha256()
         for number, doc_id, title, text in iter_documents(path, need_title=True):
@@ -104,6 +111,10 @@ class CorpusIndex:
                 duplicates.add(number)
                 continue
             seen.add(doc_id)
+            if keep is not None:
+                if doc_id not in keep:
+                    continue
+                lines.append(number)
             if doc_id in watch:
                 rows[doc_id] = len(ids)
             ids.append(doc_id)
@@ -112,8 +123,9 @@ class CorpusIndex:
         if duplicates:
             logger.warning("%s: %d duplicate ids; the first record of each was kept", path, len(duplicates))
         if not ids:
-            raise DataFormatError(path, "holds no records")
-        return cls(path, ids, digest.hexdigest(), rows, frozenset(duplicates))
+            raise DataFormatError(path, "holds no records" if keep is None else "holds none of the sampled ids")
+        chosen = None if keep is None else np.array(lines, dtype=np.int64)
+        return cls(path, ids, digest.hexdigest(), rows, chosen, frozenset(duplicates))
 
     def texts(self, start: int, end: int) -> list[str]:
         """The document texts of rows ``[start, end)``; reading forward from the last call is one pass."""
@@ -130,8 +142,13 @@ class CorpusIndex:
         return out
 
     def _documents(self) -> Iterator[str]:
+        position = 0
         for number, _, title, text in iter_documents(self.path, need_title=True):
-            if number not in self.duplicate_lines:
+            if self.lines is None:
+                if number not in self.duplicate_lines:
+                    yield join_document(title, text)
+            elif position < len(self.lines) and number == self.lines[position]:
+                position += 1
                 yield join_document(title, text)
 
 
@@ -223,11 +240,24 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_beir(folder: str | Path, split: str = "test", name: str | None = None, corpus: bool = True) -> BeirDataset:
+def load_beir(
+    folder: str | Path,
+    split: str = "test",
+    name: str | None = None,
+    corpus: bool = True,
+    max_queries: int | None = None,
+    max_documents: int | None = None,
+    sample_seed: int = 0,
+) -> BeirDataset:
     """Read a BEIR-layout folder: ``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``, ``qrels/<split>.tsv``.
 
     ``corpus=False`` keeps the documents on disk: only their ids are read (``corpus_index``), for
     corpora that should not sit in memory (HotpotQA, FEVER, MS MARCO: millions of passages).
+
+    ``max_queries`` / ``max_documents`` give a fixed sample (``sample_seed``) for cheap estimates
+    (evaluation during training): that many queries, and their relevant documents plus random
+    others up to ``max_documents``. A sampled dataset is named ``NAME-qQ-dD`` so its scores are
+    never mistaken for the full benchmark's.
 
     Only queries that have qrels are kept. Qrels rows whose doc id is not in the corpus are kept (they
     count as relevant but unretrievable, as upstream) and counted with a warning (ArguAna has 5).
@@ -253,14 +283,27 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None, 
     if missing_queries:
         logger.warning("%s: %d query ids in qrels have no query text; they are skipped", qrels_path, missing_queries)
         qrels = {qid: docs for qid, docs in qrels.items() if qid in queries}
+    rng = np.random.default_rng(sample_seed)
+    if max_queries is not None and max_queries < len(queries):
+        chosen = sorted(rng.choice(sorted(queries), size=max_queries, replace=False).tolist())
+        queries = {qid: queries[qid] for qid in chosen}
+        qrels = {qid: qrels[qid] for qid in chosen}
+    watch = {d for docs in qrels.values() for d in docs} | set(queries)
     index = None
     if corpus:
         documents = _read_texts(corpus_path, need_title=True)
         present: Any = documents
+        if max_documents is not None and max_documents < len(documents):
+            keep = _document_sample(list(documents), watch, max_documents, rng)
+            documents = {doc_id: doc for doc_id, doc in documents.items() if doc_id in keep}
     else:
         documents = {}
-        index = CorpusIndex.scan(corpus_path, {d for docs in qrels.values() for d in docs} | set(queries))
+        index = CorpusIndex.scan(corpus_path, watch)
         present = index.rows
+        if max_documents is not None and max_documents < len(index):
+            index = CorpusIndex.scan(corpus_path, watch, keep=_document_sample(index.ids, watch, max_documents, rng))
+    if max_queries is not None or max_documents is not None:
+        name = f"{name}-q{len(queries)}-d{len(documents) if corpus else len(index)}"
     missing_docs = sum(1 for docs in qrels.values() for doc_id in docs if doc_id not in present)
     if missing_docs:
         logger.warning(
@@ -279,6 +322,16 @@ def load_beir(folder: str | Path, split: str = "test", name: str | None = None, 
         missing_qrel_queries=missing_queries,
         corpus_index=index,
     )
+
+
+def _document_sample(ids: list[str], relevant: set[str], size: int, rng: np.random.Generator) -> set[str]:
+    """The relevant documents present, plus random others up to ``size`` in all."""
+    keep = {doc_id for doc_id in ids if doc_id in relevant}
+    others = [doc_id for doc_id in ids if doc_id not in keep]
+    extra = max(0, min(size - len(keep), len(others)))
+    if len(keep) > size:
+        logger.info("the sampled queries' %d relevant documents exceed max_documents=%d; all are kept", len(keep), size)
+    return keep | set(rng.choice(others, size=extra, replace=False).tolist() if extra else [])
 
 
 # ---- fetching BEIR datasets by name ---------------------------------------------------------------

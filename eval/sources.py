@@ -380,6 +380,47 @@ class CheckpointSource:
         return _normalise(vectors.float().cpu().numpy())
 
 
+class EmbedderSource(CheckpointSource):
+    """A ``models.DecoderEmbedder`` already in memory (the model being trained), scored without saving it.
+
+    Args:
+        model: the embedder (left in whatever train/eval mode it is in; callers switch it).
+        name: the model name written to results.
+        fingerprint: identifies these weights (e.g. the run and step); no cache should outlive them.
+        sides, batch_size, max_length, precision, max_batch_tokens: as :class:`CheckpointSource`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        name: str,
+        fingerprint: str,
+        sides: dict[str, str] | None = None,
+        batch_size: int = 32,
+        max_length: int = 512,
+        precision: str = "fp32",
+        max_batch_tokens: int | None = None,
+    ) -> None:
+        _check_precision(precision)
+        _check_batching(batch_size, max_batch_tokens)
+        self.checkpoint_dir = None  # type: ignore[assignment]
+        self.name = name
+        self.sides = {**DEFAULT_SIDES, **dict(sides or {})}
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.show_progress = False
+        self.precision = precision
+        self.max_batch_tokens = max_batch_tokens
+        self._model = model
+        self._fingerprint = fingerprint
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def model_metadata(self) -> dict[str, Any]:
+        return {"embed_dim": self.model.embedding_dim, "max_tokens": self.max_length}
+
+
 class OpenAISource:
     """Any OpenAI-compatible ``POST /v1/embeddings`` endpoint, batched, with retries and backoff.
 

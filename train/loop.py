@@ -41,6 +41,7 @@ from train.checkpoint import (
 )
 from train.data import Tokenization, TrainingData, build_training_data
 from train.distributed import release_accelerator_state
+from train.evaluation import BestCheckpoint, TrainingEvaluator
 from train.freezing import train_only_top_layers
 from train.gradcache import gradcache_backward
 from train.losses import ContrastiveLoss, InfoNCE, Matryoshka, build_loss, loss_inputs
@@ -131,6 +132,8 @@ class Run:
     start_step: int = 0
     checkpoint: Path | None = None
     prefix_dims: tuple[int, ...] = ()
+    evaluator: TrainingEvaluator | None = None  # trainer.eval_benchmarks, on the main process
+    best: BestCheckpoint | None = None  # trainer.best_metric, on the main process
 
 
 def build_run(cfg: DictConfig, output_dir: Path) -> Run:
@@ -252,7 +255,13 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
                 100 * trainable / total, describe_adapters(embedder), embedder.base_identity.pretrained or "random",
                 embedder.base_identity.dtype, embedder.base_identity.sha256[:16],
             )  # fmt: skip
+    evaluator = best = None
+    if accelerator.is_main_process and settings.eval_benchmarks:
+        evaluator = TrainingEvaluator(settings.eval_benchmarks, settings.max_length, settings.batch_size, cfg.name)
+    if accelerator.is_main_process and settings.best_metric:
+        best = BestCheckpoint(output_dir, settings.best_metric, settings.best_mode)
     return Run(
+        evaluator=evaluator, best=best,
         cfg=cfg, settings=settings, output_dir=output_dir, accelerator=accelerator, model=model, embedder=embedder,
         optimizer=optimizer, scheduler=scheduler, loss=build_loss(rank, world, matryoshka), data=data,
         sides=(x_side, y_side), metrics_file=metrics_file, run_config=OmegaConf.to_yaml(cfg, resolve=True),
@@ -400,14 +409,22 @@ def train_steps(run: Run) -> dict[str, Any]:
 
 
 def _validate(run: Run, step: int) -> dict[str, float]:
+    """Held-out loss/accuracy (every process), the training-time benchmarks and the best checkpoint (main)."""
     xs, ys = run.data.validation
-    if not xs:
-        return {}
-    scores = validation_metrics(
-        run.embedder, xs, ys, run.sides, run.settings.max_length, run.settings.batch_size, run.prefix_dims
-    )
-    run.metrics_file.write({"step": step, **scores})
-    run.accelerator.log({f"val/{key.removeprefix('val_')}": value for key, value in scores.items()}, step=step)
+    scores = {}
+    if xs:
+        scores = validation_metrics(
+            run.embedder, xs, ys, run.sides, run.settings.max_length, run.settings.batch_size, run.prefix_dims
+        )
+    benchmarks = run.evaluator.evaluate(run.embedder, step) if run.evaluator is not None else {}
+    if scores or benchmarks:
+        run.metrics_file.write({"step": step, **scores, **benchmarks})
+        logged = {f"val/{key.removeprefix('val_')}": value for key, value in scores.items()}
+        run.accelerator.log({**logged, **benchmarks}, step=step)
+    if run.best is not None:
+        run.best.offer({**scores, **benchmarks}, step, run.embedder, run.run_config)
+    if run.settings.eval_benchmarks or run.settings.best_metric:
+        run.accelerator.wait_for_everyone()  # the other processes wait for the main one's benchmarks
     return scores
 
 

@@ -43,6 +43,9 @@ class TrainerSettings:
     packing: bool = False
     pack_length: int | None = None
     compile: bool = False
+    eval_benchmarks: dict[str, Any] | None = None
+    best_metric: str | None = None
+    best_mode: str = "max"
 
     def resolved_mixed_precision(self) -> str:
         """``mixed_precision`` with ``auto`` resolved: ``bf16`` where this process's device computes
@@ -92,6 +95,12 @@ class TrainerSettings:
             )
         if self.lr <= 0:
             raise ValueError(f"trainer.lr must be > 0, got {self.lr}")
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"trainer.best_mode must be max or min, got {self.best_mode!r}")
+        if self.best_metric is not None and not self.eval_benchmarks and not self.best_metric.startswith("val_"):
+            raise ValueError(
+                f"trainer.best_metric={self.best_metric!r} names a benchmark score but trainer.eval_benchmarks is empty"
+            )
 
 
 def check_type(name: str, value: Any, hint: Any) -> None:
@@ -116,6 +125,8 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
+    if origin is dict:
+        return isinstance(value, Mapping)
     if origin in (list, tuple):  # any sequence: the config hands over OmegaConf's ListConfig
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):

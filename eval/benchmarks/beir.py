@@ -67,6 +67,10 @@ class BeirBenchmark:
         (docs/benchmarks.md measures both); scores are computed in float32 either way.
     encode_chunk: documents encoded (and written) per chunk.
     doc_chunk: document rows read per block of the exact search.
+    max_queries: score a fixed sample of this many queries (a cheap estimate; ``None``: all).
+    max_documents: search a fixed sample of this many documents: the sampled queries' relevant
+        ones plus random others (``None``: all). Sampled datasets are named ``NAME-qQ-dD``.
+    sample_seed: the seed of both samples.
     """
 
     name = "beir"
@@ -90,6 +94,9 @@ class BeirBenchmark:
         embedding_dtype: str = "float32",
         encode_chunk: int = 8192,
         doc_chunk: int = 65_536,
+        max_queries: int | None = None,
+        max_documents: int | None = None,
+        sample_seed: int = 0,
     ) -> None:
         if not datasets:
             raise ValueError("benchmark.datasets is empty; name at least one BEIR dataset or folder")
@@ -116,6 +123,12 @@ class BeirBenchmark:
         self.embedding_dtype = embedding_dtype
         self.encode_chunk = encode_chunk
         self.doc_chunk = doc_chunk
+        for key, value in (("max_queries", max_queries), ("max_documents", max_documents)):
+            if value is not None and value < 1:
+                raise ValueError(f"benchmark.{key}={value} must be >= 1 or null")
+        self.max_queries = max_queries
+        self.max_documents = max_documents
+        self.sample_seed = sample_seed
 
     def folder(self, dataset: str) -> Path:
         """Where ``dataset`` is read from: a given path, ``data_root/<name>`` or ``download_dir/<name>``."""
@@ -195,7 +208,8 @@ class BeirBenchmark:
         # Every dataset is on disk before the first encode (and before a source can set HF_HUB_OFFLINE).
         folders = [self.prepare(dataset) for dataset in self.datasets]
         for folder in folders:
-            data = load_beir(folder, self.split, corpus=context.lexical is not None)
+            data = load_beir(folder, self.split, corpus=context.lexical is not None, max_queries=self.max_queries,
+                             max_documents=self.max_documents, sample_seed=self.sample_seed)  # fmt: skip
             files.update({f"{data.name}/{label}": path for label, path in data.files.items()})
             search_details: dict = {}
             run = self.retrieve(data, context, search_details)

@@ -24,22 +24,29 @@ class STSBenchmark:
     """Args:
     data_root: SentEval's ``data/downstream`` folder (``../shared/data/senteval`` by default).
     datasets: any of ``STSBenchmark`` and ``SICK-R``.
+    split: ``test`` (MTEB's protocol) or ``dev`` (STS-B's dev split, for evaluation during training;
+        scores keyed ``sts/STSBenchmark-dev/...``).
     """
 
     name = "sts"
 
-    def __init__(self, data_root: str, datasets: list[str] | tuple[str, ...] = DATASETS) -> None:
+    def __init__(self, data_root: str, datasets: list[str] | tuple[str, ...] = DATASETS, split: str = "test") -> None:
         unknown = [d for d in datasets if d not in DATASETS]
         if unknown:
             raise ValueError(f"unknown STS datasets {unknown}; expected some of {DATASETS}")
+        if split not in ("test", "dev"):
+            raise ValueError(f"STS split must be test or dev, got {split!r}")
+        if split == "dev" and "SICK-R" in datasets:
+            raise ValueError("SICK-R has no dev split in MTEB's protocol (all 9,927 pairs are its test set)")
         self.data_root = resolve_data_path(data_root)
         self.datasets = list(datasets)
+        self.split = split
 
     def load(self, dataset: str) -> tuple[list[tuple[str, str, float]], dict[str, str]]:
         """The (a, b, gold) triples of ``dataset`` and the files they came from (label -> path)."""
         if dataset == "STSBenchmark":
-            files = {"STSBenchmark/test": self.data_root / "STS" / "STSBenchmark" / STSB_FILES["test"]}
-            return read_sts_benchmark(self.data_root, "test"), files
+            files = {f"STSBenchmark/{self.split}": self.data_root / "STS" / "STSBenchmark" / STSB_FILES[self.split]}
+            return read_sts_benchmark(self.data_root, self.split), files
         triples = []
         files = {}
         for split in ("train", "trial", "test"):
@@ -61,8 +68,9 @@ class STSBenchmark:
             cosine = paired_cosine(a, b)
             value = 100 * spearman(gold, cosine)
             logger.info("%s: %d pairs, Spearman x100 %.2f", dataset, len(triples), value)
-            scores.append(Score(f"sts/{dataset}/spearman", value, main=True))
-            scores.append(Score(f"sts/{dataset}/pearson", 100 * float(np.corrcoef(gold, cosine)[0, 1])))
+            label = dataset if self.split == "test" else f"{dataset}-{self.split}"
+            scores.append(Score(f"sts/{label}/spearman", value, main=True))
+            scores.append(Score(f"sts/{label}/pearson", 100 * float(np.corrcoef(gold, cosine)[0, 1])))
             details[dataset] = {"pairs": len(triples)}
         if len(self.datasets) > 1:
             mains = [s.value for s in scores if s.main]

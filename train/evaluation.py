@@ -1,0 +1,142 @@
+"""Benchmarks scored while training (``trainer.eval_benchmarks``) and the ``best/`` checkpoint they select.
+
+Each entry of ``trainer.eval_benchmarks`` is a benchmark config (``_target_`` and its arguments, as in
+``configs/benchmark/``), usually a cheap subset: STS-B dev (``split: dev``), 200 ArguAna queries over
+a fixed document sample (``max_queries``, ``max_documents``), a few CodeSearchNet valid groups
+(``split: valid``, ``max_groups``). They run on the main process at step 0, every
+``trainer.eval_every`` steps and at the end, on the model in memory (``eval.sources.EmbedderSource``,
+no cache), while the other processes wait. Scores are logged as ``eval/<entry>/<score key>`` to
+``metrics.jsonl`` and the trackers. With ``trainer.best_metric`` (one of those keys, or a held-out
+``val_*`` metric) the best step's embedder is kept in ``OUTPUT/best/`` (atomically, with ``best.json``).
+
+The evaluation reads no random state of the run, so an exact resume stays exact. It needs the whole
+model on the main process: with FSDP or DeepSpeed ZeRO-3 (sharded weights) leave it off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BEST_DIR = "best"
+BEST_RECORD = "best.json"
+PREFIX = "eval/"
+
+
+class TrainingEvaluator:
+    """The configured benchmarks, built once, scored on the embedder being trained.
+
+    Args:
+        benchmarks: entry name -> benchmark config (a ``_target_`` mapping).
+        max_length: tokens per input when encoding (the training length unless the entry sets one).
+        batch_size: texts per forward pass.
+        run_name: names the scores' model and keys their fingerprint.
+    """
+
+    def __init__(self, benchmarks: Mapping[str, Any], max_length: int, batch_size: int, run_name: str) -> None:
+        from hydra.utils import instantiate
+
+        self.entries: dict[str, tuple[Any, int]] = {}
+        for name, config in benchmarks.items():
+            config = dict(config)
+            length = int(config.pop("max_length", max_length))
+            if "show_progress" in _arguments(config):
+                config.setdefault("show_progress", False)
+            try:
+                self.entries[name] = (instantiate(config, _convert_="all"), length)
+            except Exception as error:
+                raise ValueError(f"trainer.eval_benchmarks.{name}: {error}") from error
+        self.batch_size = batch_size
+        self.run_name = run_name
+
+    def evaluate(self, embedder: Any, step: int) -> dict[str, float]:
+        """``eval/<entry>/<score key>`` -> value (x100, as the harness reports) for every entry."""
+        from eval.benchmarks import Context
+        from eval.sources import EmbedderSource
+
+        scores: dict[str, float] = {}
+        was_training = embedder.training
+        embedder.eval()
+        try:
+            for name, (benchmark, length) in self.entries.items():
+                started = time.perf_counter()
+                source = EmbedderSource(embedder, f"{self.run_name}@{step}", f"training|{self.run_name}|{id(embedder)}"
+                                        f"|{step}|{length}", batch_size=self.batch_size, max_length=length)  # fmt: skip
+                context = Context.for_source(source, source.name, cache_dir=None, show_progress=False)
+                output = benchmark.run(context)
+                for score in output.scores:
+                    scores[f"{PREFIX}{name}/{score.key}"] = float(score.value)
+                logger.info("step %d, %s: %s (%.1fs)", step, name, ", ".join(f"{s.key} {s.value:.2f}" for s in
+                            output.scores if s.main), time.perf_counter() - started)  # fmt: skip
+        finally:
+            embedder.train(was_training)
+        return scores
+
+
+def _arguments(config: Mapping[str, Any]) -> set[str]:
+    """The keyword arguments of the config's target class (so only benchmarks that take it get show_progress)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        return set(inspect.signature(get_class(config["_target_"]).__init__).parameters)
+    except Exception:
+        return set()
+
+
+class BestCheckpoint:
+    """Keeps ``OUTPUT/best/``: the embedder of the step with the best ``metric`` so far.
+
+    Args:
+        output_dir: the run folder.
+        metric: a key of the logged scores (``eval/...`` or ``val_loss`` / ``val_accuracy``).
+        mode: ``max`` or ``min``.
+    """
+
+    def __init__(self, output_dir: Path, metric: str, mode: str) -> None:
+        self.folder = output_dir / BEST_DIR
+        self.metric = metric
+        self.mode = mode
+        self.value: float | None = None
+        self.step: int | None = None
+        record = self.folder / BEST_RECORD
+        if record.is_file():  # a resumed run keeps the best it had
+            saved = json.loads(record.read_text())
+            if saved.get("metric") == metric and saved.get("mode") == mode:
+                self.value, self.step = float(saved["value"]), int(saved["step"])
+
+    def offer(self, scores: Mapping[str, float], step: int, embedder: Any, run_config: str) -> bool:
+        """Save ``embedder`` as the best when ``scores[metric]`` beats the best so far; True if it did."""
+        if self.metric not in scores:
+            raise KeyError(
+                f"trainer.best_metric={self.metric!r} is not among the scores at step {step}: {sorted(scores)}"
+            )
+        value = float(scores[self.metric])
+        better = self.value is None or (value > self.value if self.mode == "max" else value < self.value)
+        if not better:
+            return False
+        staging = self.folder.with_name(f".{BEST_DIR}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        embedder.save_pretrained(staging)
+        (staging / "train_config.yaml").write_text(run_config)
+        record = {"metric": self.metric, "mode": self.mode, "value": value, "step": step, "scores": dict(scores)}
+        (staging / BEST_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        old = None
+        if self.folder.exists():
+            old = self.folder.with_name(f".{BEST_DIR}.old-{os.getpid()}")
+            os.replace(self.folder, old)
+        os.replace(staging, self.folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("best %s %.4f at step %d: %s", self.metric, value, step, self.folder)
+        self.value, self.step = value, step
+        return True
