@@ -148,6 +148,7 @@ def _run(cfg: DictConfig, command: str | None, started: float, source: Any, benc
     if sizes != [None]:
         record["size_table"] = size_table(output.scores, sizes, full.embedding_size)
     record["processes"] = context.shards.world
+    record["peak_rss_mib"] = context.shards.gather(_peak_rss_mib())  # per process, in rank order
     if not context.shards.is_main:  # every process computed the same scores; the main one writes them
         record["rows"] = rows
         return record
@@ -168,6 +169,12 @@ def _run(cfg: DictConfig, command: str | None, started: float, source: Any, benc
         logger.warning("missed references: %s", ", ".join(failed))
     record["rows"] = rows
     return record
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _mteb_results(output_dir: Path, benchmark: str, output: Any, source: Any, model_name: str, seconds: float) -> dict:
