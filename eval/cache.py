@@ -36,7 +36,7 @@ import numpy as np
 from eval.distributed import Shards
 from eval.sources import DenseSource, texts_digest
 from pairdata.store import write_text_atomic
-from pairdata.vectors import embed_to_disk
+from pairdata.vectors import NpyRows, embed_to_disk
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +171,9 @@ class Corpus(Protocol):
 
 
 class RowStack:
-    """Row blocks of several memory-mapped ``.npy`` parts, read as one (N, D) matrix of float32 rows."""
+    """Row blocks of several ``.npy`` parts (arrays or ``NpyRows``), read as one (N, D) float32 matrix."""
 
-    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+    def __init__(self, parts: Sequence[Any]) -> None:
         self.parts = [part for part in parts if part.shape[0]]
         self.offsets = np.cumsum([0, *(part.shape[0] for part in self.parts)])
         width = self.parts[0].shape[1] if self.parts else 0
@@ -183,7 +183,7 @@ class RowStack:
     def open(cls, entry: Path) -> RowStack:
         record = json.loads(entry.read_text())
         parts = sorted(record["parts"], key=lambda part: part["start"])
-        return cls([np.load(entry.parent / part["file"], mmap_mode="r") for part in parts])
+        return cls([NpyRows(entry.parent / part["file"]) for part in parts])
 
     def __len__(self) -> int:
         return self.shape[0]

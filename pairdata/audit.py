@@ -5,6 +5,9 @@
 each negative) once, and counts, per benchmark file under ``../shared/data`` and per built code
 test split:
 
+Counts are over each file's distinct texts (normalised; fields without a letter, such as scores
+and ids, are not texts):
+
 * ``exact``: benchmark texts whose normalised form (:func:`pairdata.textnorm.normalize`) equals a
   training text, and training texts equal to one of them;
 * ``ngram``: benchmark texts sharing a 13-word sequence with a training text (GPT-3's contamination
@@ -53,6 +56,7 @@ class BenchmarkSet:
     texts: int = 0
     full: list[int] = field(default_factory=list)
     grams: list[np.ndarray] = field(default_factory=list)  # per text, empty when shorter than n words
+    seen: set[int] = field(default_factory=set)
 
 
 class OverlapIndex:
@@ -134,11 +138,16 @@ class OverlapIndex:
 
 
 def _add_text(benchmark: BenchmarkSet, text: str, ngram: int) -> None:
+    """Index a distinct text of the set; fields without a letter (scores, ids, years) are not texts."""
     text_words = words(text)
-    if not text_words:
+    if not text_words or not any(character.isalpha() for character in text):
         return
+    full = stable_hash(" ".join(text_words))
+    if full in benchmark.seen:
+        return
+    benchmark.seen.add(full)
     benchmark.texts += 1
-    benchmark.full.append(stable_hash(" ".join(text_words)))
+    benchmark.full.append(full)
     benchmark.grams.append(gram_hashes(text_words, ngram) if len(text_words) >= ngram else np.zeros(0, np.uint64))
 
 
