@@ -34,7 +34,7 @@ def exact_search(
     ignore_identical_ids: bool = True,
     chunk_size: int = 1024,
     show_progress: bool = False,
-    doc_chunk: int = 65_536,
+    doc_chunk: int = 16_384,
     doc_rows: dict[str, int] | None = None,
     shards: Shards | None = None,
 ) -> Run:
@@ -49,8 +49,8 @@ def exact_search(
         ignore_identical_ids: drop a document whose id equals the query id (BEIR's rule: ArguAna and
             Quora queries are corpus documents themselves). The document is masked before top-k, so
             each query still gets ``top_k`` other hits.
-        chunk_size: queries scored together; with ``doc_chunk``, memory is about
-            chunk_size x (doc_chunk + top_k) floats.
+        chunk_size: queries scored together; with ``doc_chunk``, memory is about chunk_size x doc_chunk
+            floats.
         show_progress: show a progress bar over query chunks.
         doc_chunk: document rows read and scored per block.
         doc_rows: doc id -> row for (at least) the query ids, when ``doc_ids`` is too long to index whole.

@@ -112,7 +112,7 @@ def top_candidates(
         queries: (Q, D) query vectors.
         pool: (N, D) candidates, any array that slices into row blocks (a memory map, a stack of them).
         depth: hits kept per query (at most N).
-        pool_chunk: pool rows scored per block: memory is about Q x (pool_chunk + depth) floats.
+        pool_chunk: pool rows scored per block: memory is about Q x pool_chunk floats.
         exclude: (Q,) a pool row per query that must not be returned (its own document), -1 for none.
         pool_offset: added to the returned indices (the pool is a slice of a larger one).
     """
@@ -124,13 +124,15 @@ def top_candidates(
     best_index = torch.zeros((len(q), 0), dtype=torch.int64)
     for start in range(0, len(pool), pool_chunk):
         block = torch.from_numpy(np.asarray(pool[start : start + pool_chunk], dtype=np.float32))
-        block_scores = q @ block.T
+        block_scores = q @ block.T  # (Q, chunk): the only matrix that grows with pool_chunk
         if own is not None:
             rows = torch.nonzero((own >= start) & (own < start + len(block))).flatten()
             block_scores[rows, own[rows] - start] = float("-inf")
-        scores = torch.cat([best_scores, block_scores], dim=1)
-        index = torch.cat([best_index, torch.arange(start, start + len(block)).expand(len(q), -1)], dim=1)
-        keep = min(depth, scores.shape[1])
-        best_scores, where = scores.topk(keep, dim=1)
+        # the block's own top-k first, then merged with the running top-k: (Q, 2k), never (Q, k + chunk)
+        top_scores, top_where = block_scores.topk(min(depth, block_scores.shape[1]), dim=1)
+        scores = torch.cat([best_scores, top_scores], dim=1)
+        index = torch.cat([best_index, top_where + start], dim=1)
+        best_scores, where = scores.topk(min(depth, scores.shape[1]), dim=1)
         best_index = index.gather(1, where)
+        del block_scores
     return best_scores.numpy(), best_index.numpy() + pool_offset

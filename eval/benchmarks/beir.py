@@ -93,7 +93,7 @@ class BeirBenchmark:
         index_options: dict | None = None,
         embedding_dtype: str = "float32",
         encode_chunk: int = 8192,
-        doc_chunk: int = 65_536,
+        doc_chunk: int = 16_384,
         max_queries: int | None = None,
         max_documents: int | None = None,
         sample_seed: int = 0,

@@ -105,3 +105,15 @@ def test_checkpoint_model_meta_names_its_training_sets(tiny_beir: Path, tmp_path
     ]
     status = {entry["name"]: entry["manifest_status"] for entry in record["model_metadata"]["training_sets"]}
     assert status == {"text-search": "found", "code-go": "missing", "senteval-paraphrases": "not-applicable"}
+
+
+def test_mteb_benchmark_runs_keep_every_mteb_score_under_the_official_name() -> None:
+    scores = [Score("mteb/arguana/ndcg_at_10", 40.0, main=True), Score("mteb/SciFact/ndcg_at_10", 60.0, main=True)]
+    details = {"arguana": {"ndcg_at_10": 0.4, "map_at_100": 0.3}, "SciFact": {"ndcg_at_10": 0.6, "mrr_at_10": 0.5}}
+    converted, not_converted = task_scores("mteb", scores, details)
+    by_task = {entry.task: entry.scores["test"]["default"] for entry in converted}
+    assert by_task == {
+        "ArguAna": {"ndcg_at_10": 0.4, "map_at_100": 0.3, "main_score": 0.4},
+        "SciFact": {"ndcg_at_10": 0.6, "mrr_at_10": 0.5, "main_score": 0.6},
+    }
+    assert not_converted == []
