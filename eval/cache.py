@@ -5,8 +5,8 @@ Two paths:
 * :meth:`Encoder.encode`: texts in memory (queries, STS pairs) -> an in-memory matrix. Each unique
   text is encoded once; with several processes (:class:`eval.distributed.Shards`) each encodes a
   contiguous share of the sorted unique texts and the shares are gathered.
-* :meth:`Encoder.encode_corpus`: a corpus read from disk chunk by chunk -> a matrix memory-mapped
-  from ``.npy`` files (one per process, written in chunks, resumable), so a corpus larger than RAM
+* :meth:`Encoder.encode_corpus`: a corpus read from disk chunk by chunk -> a matrix read back from
+  ``.npy`` files in row blocks (one file per process, written in chunks, resumable), so a corpus larger than RAM
   is encoded and searched without ever being in memory. The files sit in the cache when one is
   set, else in the run's work folder (deleted after the run).
 
@@ -36,7 +36,7 @@ import numpy as np
 from eval.distributed import Shards
 from eval.sources import DenseSource, texts_digest
 from pairdata.store import write_text_atomic
-from pairdata.vectors import NpyRows, embed_to_disk
+from pairdata.vectors import NpyRows, contiguous_rows, embed_to_disk
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +127,10 @@ class Encoder:
 
     def encode_corpus(self, corpus: Corpus, role: str, dataset: str, dtype: str = "float32", chunk: int = 8192,
                       show_progress: bool = False) -> RowStack:  # fmt: skip
-        """(N, D) L2-normalised embeddings of ``corpus``'s rows, memory-mapped from disk (``dtype`` storage).
+        """(N, D) L2-normalised embeddings of ``corpus``'s rows, on disk (``dtype`` storage), read in row blocks.
 
         Each process encodes its contiguous share of the rows into its own ``.npy`` part, ``chunk``
-        rows at a time (a killed run resumes after its last finished chunk); every process then maps
+        rows at a time (a killed run resumes after its last finished chunk); every process then reads
         all parts. An entry of the cache is complete once its ``entry.json`` exists.
         """
         self.shards.check(len(corpus), dataset)
@@ -189,19 +189,13 @@ class RowStack:
         return self.shape[0]
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        start, stop, step = rows.indices(self.shape[0])
-        if step != 1:
-            raise IndexError("RowStack reads contiguous row ranges only")
+        start, stop = contiguous_rows(rows, self.shape[0], "RowStack")
         blocks = []
         for part, offset in zip(self.parts, self.offsets[:-1], strict=True):
             low, high = max(start - offset, 0), min(stop - offset, part.shape[0])
             if low < high:
                 blocks.append(np.asarray(part[low:high], dtype=np.float32))
         return np.concatenate(blocks) if blocks else np.zeros((0, self.shape[1]), np.float32)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        array = self[:]
-        return array if dtype is None else array.astype(dtype)
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:

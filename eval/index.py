@@ -72,12 +72,22 @@ def build_index(kind: str, vectors: Any, options: IndexOptions) -> Any:
         nlist = options.nlist or max(1, min(count // 39, int(4 * np.sqrt(count))))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = np.sort(np.random.default_rng(options.seed).choice(count, min(count, options.train_size), False))
-        index.train(np.ascontiguousarray(np.concatenate([vectors[i : i + 1] for i in sample]), dtype=np.float32))
+        index.train(_sampled_rows(vectors, sample, options.add_chunk))
         index.nprobe = min(options.nprobe, nlist)
     for start in range(0, count, options.add_chunk):
         index.add(np.ascontiguousarray(vectors[start : start + options.add_chunk], dtype=np.float32))
     logger.info("faiss %s index over %d vectors built in %.1fs", kind, count, time.perf_counter() - started)
     return index
+
+
+def _sampled_rows(vectors: Any, sample: np.ndarray, block: int) -> np.ndarray:
+    """The rows ``sample`` (sorted) of ``vectors``, read a block at a time (one read per block, not per row)."""
+    parts = []
+    for start in range(0, len(vectors), block):
+        inside = sample[(sample >= start) & (sample < start + block)]
+        if inside.size:
+            parts.append(np.asarray(vectors[start : start + block], dtype=np.float32)[inside - start])
+    return np.ascontiguousarray(np.concatenate(parts))
 
 
 def index_search(
@@ -106,6 +116,6 @@ def recall_against(approximate: dict[str, dict[str, float]], exact: dict[str, di
     for query_id, hits in exact.items():
         truth = sorted(hits, key=hits.get, reverse=True)[:k]
         if truth:
-            found = set(sorted(approximate.get(query_id, {}), key=approximate[query_id].get, reverse=True)[:k])
-            shares.append(len(found.intersection(truth)) / len(truth))
+            found = approximate.get(query_id, {})
+            shares.append(len(set(sorted(found, key=found.get, reverse=True)[:k]).intersection(truth)) / len(truth))
     return float(np.mean(shares)) if shares else float("nan")

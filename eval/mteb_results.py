@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.report import Score
+from pairdata.store import replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def write_mteb_results(
         paths.append(cache.get_task_result_path(task_name=entry.task, model_name=meta))
     folder = None
     if converted:
-        _replace_folder(staging, final)
+        replace_folder(staging, final)
         folder = str(Path(paths[0]).parent).replace(str(staging), str(final), 1)
     else:
         shutil.rmtree(staging, ignore_errors=True)
@@ -186,13 +187,3 @@ def write_mteb_results(
         "model_name": meta.name,
         "model_revision": meta.revision,
     }
-
-
-def _replace_folder(new: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -290,21 +290,27 @@ class CheckpointSource:
         precision: str = "fp32",
         max_batch_tokens: int | None = None,
     ) -> None:
-        _check_precision(precision)
-        _check_batching(batch_size, max_batch_tokens)
         self.checkpoint_dir = Path(checkpoint_dir).expanduser()
         if not self.checkpoint_dir.is_dir():
             raise FileNotFoundError(f"{self.checkpoint_dir}: checkpoint folder not found")
+        self._settings(name or self.checkpoint_dir.name, sides, batch_size, max_length, show_progress, precision,
+                       max_batch_tokens)  # fmt: skip
+        self._model: Any = None
+
+    def _settings(self, name: str, sides: dict[str, str] | None, batch_size: int, max_length: int,
+                  show_progress: bool, precision: str, max_batch_tokens: int | None) -> None:  # fmt: skip
+        """The checked encoding settings (shared with :class:`EmbedderSource`)."""
+        _check_precision(precision)
+        _check_batching(batch_size, max_batch_tokens)
         for role in sides or {}:
             _check_role(role)
-        self.name = name or self.checkpoint_dir.name
+        self.name = name
         self.sides = {**DEFAULT_SIDES, **dict(sides or {})}
         self.batch_size = batch_size
         self.max_length = max_length
         self.show_progress = show_progress
         self.precision = precision
         self.max_batch_tokens = max_batch_tokens
-        self._model: Any = None
 
     @property
     def model(self) -> Any:
@@ -401,16 +407,8 @@ class EmbedderSource(CheckpointSource):
         precision: str = "fp32",
         max_batch_tokens: int | None = None,
     ) -> None:
-        _check_precision(precision)
-        _check_batching(batch_size, max_batch_tokens)
         self.checkpoint_dir = None  # type: ignore[assignment]
-        self.name = name
-        self.sides = {**DEFAULT_SIDES, **dict(sides or {})}
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.show_progress = False
-        self.precision = precision
-        self.max_batch_tokens = max_batch_tokens
+        self._settings(name, sides, batch_size, max_length, False, precision, max_batch_tokens)
         self._model = model
         self._fingerprint = fingerprint
 

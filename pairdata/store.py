@@ -77,11 +77,16 @@ def publish(data_dir: str | Path, name: str, manifest: dict) -> Path:
     tmp = work / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, work / MANIFEST)
+    replace_folder(work, final)
+    return final
+
+
+def replace_folder(new: Path, final: Path) -> None:
+    """Put the complete folder ``new`` at ``final``: a previous ``final`` is moved aside first, deleted after."""
     old = None
     if final.exists():
-        old = final.with_name(f".{name}.old-{int(time.time())}")
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{int(time.time())}")
         os.replace(final, old)
-    os.replace(work, final)
+    os.replace(new, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return final

@@ -54,6 +54,14 @@ def embed_to_disk(
     return np.load(path, mmap_mode="r")
 
 
+def contiguous_rows(rows: slice, count: int, what: str) -> tuple[int, int]:
+    """``(start, stop)`` of a step-1 slice over ``count`` rows (the only reads an on-disk matrix serves)."""
+    start, stop, step = rows.indices(count)
+    if step != 1:
+        raise IndexError(f"{what} reads contiguous row ranges only")
+    return start, max(start, stop)
+
+
 class NpyRows:
     """Row ranges of a 2-D ``.npy`` file read and written with ``pread``/``pwrite``, not a memory map.
 
@@ -79,10 +87,8 @@ class NpyRows:
         return self.shape[0]
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        start, stop, step = rows.indices(self.shape[0])
-        if step != 1:
-            raise IndexError("NpyRows reads contiguous row ranges only")
-        count = max(0, stop - start)
+        start, stop = contiguous_rows(rows, self.shape[0], "NpyRows")
+        count = stop - start
         with self.path.open("rb") as handle:
             data = os.pread(handle.fileno(), count * self.row_bytes, self.offset + start * self.row_bytes)
         return np.frombuffer(data, dtype=self.dtype).reshape(count, self.shape[1])

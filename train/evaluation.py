@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pairdata.store import replace_folder
+
 logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
@@ -48,8 +50,6 @@ class TrainingEvaluator:
         for name, config in benchmarks.items():
             config = dict(config)
             length = int(config.pop("max_length", max_length))
-            if "show_progress" in _arguments(config):
-                config.setdefault("show_progress", False)
             try:
                 self.entries[name] = (instantiate(config, _convert_="all"), length)
             except Exception as error:
@@ -79,18 +79,6 @@ class TrainingEvaluator:
         finally:
             embedder.train(was_training)
         return scores
-
-
-def _arguments(config: Mapping[str, Any]) -> set[str]:
-    """The keyword arguments of the config's target class (so only benchmarks that take it get show_progress)."""
-    import inspect
-
-    from hydra.utils import get_class
-
-    try:
-        return set(inspect.signature(get_class(config["_target_"]).__init__).parameters)
-    except Exception:
-        return set()
 
 
 class BestCheckpoint:
@@ -130,13 +118,7 @@ class BestCheckpoint:
         (staging / "train_config.yaml").write_text(run_config)
         record = {"metric": self.metric, "mode": self.mode, "value": value, "step": step, "scores": dict(scores)}
         (staging / BEST_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        old = None
-        if self.folder.exists():
-            old = self.folder.with_name(f".{BEST_DIR}.old-{os.getpid()}")
-            os.replace(self.folder, old)
-        os.replace(staging, self.folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(staging, self.folder)
         logger.info("best %s %.4f at step %d: %s", self.metric, value, step, self.folder)
         self.value, self.step = value, step
         return True

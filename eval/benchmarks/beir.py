@@ -5,7 +5,7 @@ Each dataset is a BEIR-layout folder (``corpus.jsonl[.gz]``, ``queries.jsonl[.gz
 ``data_root`` nor under ``download_dir`` is fetched from BEIR's server (``eval.data.download_beir``)
 before anything is encoded; offline, the error names the folder to create and the URL. Documents are encoded as
 ``title + " " + text`` with the ``document`` role, queries with the ``query`` role. The corpus is
-streamed from its file and its embeddings are memory-mapped from disk (``Encoder.encode_corpus``),
+streamed from its file and its embeddings are written to and read from disk (``Encoder.encode_corpus``),
 so memory does not grow with the corpus; several processes share the encoding. Metrics:
 nDCG@10 (main), MAP@100, Recall@100 and MRR@10 (x100), and their average over datasets.
 """
