@@ -147,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     mine.add_argument("--seed", type=int, default=0)
     mine.add_argument("--max-length", type=int, default=256)
     mine.add_argument("--batch-size", type=int, default=32)
+    mine.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                      help="bf16: forward passes under torch.autocast (GPUs, CPUs with native bf16)")  # fmt: skip
     mine.add_argument("--query-block", type=int, default=4096, help="rows searched (and written) per part")
     mine.add_argument("--limit", type=int, default=None, help="mine only the first N rows")
     mine.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -195,7 +197,7 @@ def run_mine(args: argparse.Namespace, command: str) -> dict:
 
         leakage = benchmark_index(args.benchmark_dir)
     sides = args.sides.split(",") if args.sides else None
-    encoder = load_encoder(args.model, args.tower, sides, args.max_length, args.batch_size)
+    encoder = load_encoder(args.model, args.tower, sides, args.max_length, args.batch_size, args.precision)
     manifest = mine(
         dataset, encoder, args.out, filters, corpus=corpus, corpus_column=args.corpus_column,
         leakage=leakage, query_block=args.query_block, show_progress=not args.quiet, command=command,

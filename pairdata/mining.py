@@ -75,12 +75,30 @@ class MiningFilters:
 
 
 class Encoder:
-    """Embeds ``x`` texts and pool texts (L2-normalised float32 rows) with the mining model."""
+    """Embeds ``x`` texts and pool texts (L2-normalised float32 rows) with the mining model.
+
+    ``precision="bf16"`` runs the forward passes under ``torch.autocast`` (GPUs, CPUs with native
+    bf16); the rows come back float32 either way.
+    """
 
     description: dict[str, Any]
+    precision: str = "fp32"
 
     def encode(self, texts: Sequence[str], role: str) -> np.ndarray:  # role: "x" or "y"
+        with self._autocast():
+            return self._encode(texts, role)
+
+    def _encode(self, texts: Sequence[str], role: str) -> np.ndarray:
         raise NotImplementedError
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
 
 
 class EmbedderEncoder(Encoder):
@@ -90,7 +108,7 @@ class EmbedderEncoder(Encoder):
         self.model, self.sides, self.max_length, self.batch_size = model, sides, max_length, batch_size
         self.description = {"model": label, "kind": "cpt-embedder", "sides": list(sides), "max_length": max_length}
 
-    def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
+    def _encode(self, texts: Sequence[str], role: str) -> np.ndarray:
         side = self.sides[0] if role == "x" else self.sides[1]
         return self.model.encode(list(texts), side, batch_size=self.batch_size, max_length=self.max_length).numpy()
 
@@ -102,16 +120,32 @@ class SentenceTransformerEncoder(Encoder):
         self.model, self.batch_size = model, batch_size
         self.description = {"model": label, "kind": "sentence-transformers", "max_length": model.max_seq_length}
 
-    def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
+    def _encode(self, texts: Sequence[str], role: str) -> np.ndarray:
         encode = self.model.encode_query if role == "x" else self.model.encode_document
         return encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
 
 
 def load_encoder(
-    model: str, tower: str | None, sides: Sequence[str] | None, max_length: int, batch_size: int
+    model: str,
+    tower: str | None,
+    sides: Sequence[str] | None,
+    max_length: int,
+    batch_size: int,
+    precision: str = "fp32",
 ) -> Encoder:
     """The mining model: one of our checkpoints or exports, a sentence-transformers folder, or (with
     ``tower``) a pretrained decoder name or folder given that tower's delimiters, untrained."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"--precision must be fp32 or bf16, got {precision!r}")
+    encoder = _load_encoder(model, tower, sides, max_length, batch_size)
+    encoder.precision = precision
+    encoder.description["precision"] = precision
+    return encoder
+
+
+def _load_encoder(
+    model: str, tower: str | None, sides: Sequence[str] | None, max_length: int, batch_size: int
+) -> Encoder:
     from models.embedder import CONFIG_NAME, DecoderEmbedder, resolve_checkpoint_dir
 
     folder = Path(model).expanduser()

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from scripts.towers import checkpoint_overrides, load_plan  # noqa: E402
 from scripts.towers import run_logged as towers_run_logged  # noqa: E402
 
 
@@ -33,6 +34,7 @@ def run_logged(command: list[str], log: Path) -> float:
 
 
 RUNS = ("untrained", "none", "round-1", "round-2")
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16"}  # --precision -> the trainer's mixed_precision
 
 
 def final_checkpoint(run_dir: Path) -> Path | None:
@@ -46,7 +48,7 @@ def mine(work: Path, name: str, model_args: list[str], args: argparse.Namespace)
         return
     command = [sys.executable, "-m", "pairdata", "mine", *model_args, "--built", "text-search", "--out", str(out),
                "--num-negatives", str(args.mine_negatives), "--range-min", str(args.range_min),
-               "--max-length", str(args.max_length)]  # fmt: skip
+               "--max-length", str(args.max_length), "--precision", args.precision]  # fmt: skip
     if args.relative_margin is not None:
         command += ["--relative-margin", str(args.relative_margin)]
     seconds = run_logged(command, work / "logs" / f"mine-{name}.log")
@@ -59,8 +61,9 @@ def train(work: Path, name: str, args: argparse.Namespace) -> Path:
     if checkpoint is not None:
         return checkpoint
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "train/contrastive.py", "experiment=search",
-               "resume=auto", "logging=none", f"hydra.run.dir={run_dir}"]  # fmt: skip
+               "--mixed_precision", MIXED_PRECISION[args.precision], "--dynamo_backend", "no", "train/contrastive.py",
+               "experiment=search", f"trainer.mixed_precision={MIXED_PRECISION[args.precision]}", "resume=auto",
+               "logging=none", f"hydra.run.dir={run_dir}"]  # fmt: skip
     if name != "none":
         command += ["data=mined", f"data.path={work / f'mined-{name}'}", f"data.num_negatives={args.negatives}"]
     seconds = run_logged(command, work / "logs" / f"train-{name}.log")
@@ -80,7 +83,7 @@ def untrained_model():
     return DecoderEmbedder.build(pretrained="smollm2-135m", sides=tower["sides"], seed=0)
 
 
-def score(checkpoint: Path | None, max_length: int) -> dict[str, float]:
+def score(checkpoint: Path | None, max_length: int, precision: str = "fp32") -> dict[str, float]:
     """MRR and top-1 of each valid query against every distinct valid document (``None``: the untrained decoder)."""
     import torch
 
@@ -91,7 +94,8 @@ def score(checkpoint: Path | None, max_length: int) -> dict[str, float]:
     documents = sorted(set(valid["y"]))
     position = {text: i for i, text in enumerate(documents)}
     model = untrained_model() if checkpoint is None else DecoderEmbedder.from_pretrained(checkpoint)
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
         queries = model.encode(valid["x"], "query", batch_size=32, max_length=max_length)
         docs = model.encode(documents, "doc", batch_size=32, max_length=max_length)
     scores = queries @ docs.T
@@ -102,12 +106,32 @@ def score(checkpoint: Path | None, max_length: int) -> dict[str, float]:
             "documents": len(documents)}  # fmt: skip
 
 
+def arguana(work: Path, name: str, checkpoint: Path) -> float:
+    """BEIR ArguAna nDCG@10 of ``checkpoint`` with the towers table's settings (configs/towers.yaml)."""
+    out = work / f"arguana-{name}"
+    if not (out / "results.json").is_file():
+        plan = load_plan(ROOT / "configs" / "towers.yaml")
+        command = [sys.executable, "eval/run.py", *plan.benchmarks["arguana"], "source=checkpoint",
+                   f"source.checkpoint_dir={checkpoint}", f"source.name=hard-negatives-{name}",
+                   *checkpoint_overrides(plan, "arguana"), "reference_model=null", "show_progress=false",
+                   f"output_dir={out}"]  # fmt: skip
+        run_logged(command, work / "logs" / f"arguana-{name}.log")
+    return round(json.loads((out / "results.json").read_text())["scores"]["beir/arguana/ndcg@10"], 2)
+
+
+def untrained_checkpoint(work: Path) -> Path:
+    folder = work / "untrained" / "checkpoint"
+    if not (folder / "config.json").is_file():
+        untrained_model().save_pretrained(folder)
+    return folder
+
+
 def report(work: Path, args: argparse.Namespace) -> str:
     results = json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
     lines = [f"k = {args.negatives} hard negatives per row (mined {args.mine_negatives}, range_min {args.range_min}, "
              f"relative_margin {args.relative_margin}); text-search valid split, {args.max_length} tokens", "",
-             "| negatives | mined by | mining: s | training: s | held-out loss | text-search valid MRR | top-1 |",
-             "|---|---|---:|---:|---|---:|---:|"]  # fmt: skip
+             "| negatives | mined by | mining: s | training: s | held-out loss | text-search valid MRR | top-1 | "
+             "ArguAna nDCG@10 |", "|---|---|---:|---:|---|---:|---:|---:|"]  # fmt: skip
     miners = {
         "untrained": "(not trained: the decoder with the search delimiters)",
         "none": "-",
@@ -118,8 +142,9 @@ def report(work: Path, args: argparse.Namespace) -> str:
         row = results.get(name)
         if not row:
             continue
-        lines.append(f"| {name} | {miners[name]} | {row.get('mining_s', '-')} | {row.get('training_s', '-')} | "
-                     f"{row.get('held_out', '-')} | {row['mrr']} | {row['top1']} |")  # fmt: skip
+        cells = [name, miners[name], row.get("mining_s", "-"), row.get("training_s", "-"), row.get("held_out", "-"),
+                 row["mrr"], row["top1"], row.get("arguana", "-")]  # fmt: skip
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +163,17 @@ def main() -> None:
     parser.add_argument("--relative-margin", type=float, default=None)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=RUNS)
+    parser.add_argument(
+        "--precision",
+        choices=sorted(MIXED_PRECISION),
+        default="fp32",
+        help="training (mixed precision), mining and scoring; bf16 on GPUs and CPUs with native bf16",
+    )
+    parser.add_argument(
+        "--arguana",
+        action="store_true",
+        help="also score BEIR ArguAna nDCG@10 (the towers table's settings: bf16, 128 tokens)",
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     work = args.work.resolve()
@@ -147,8 +183,10 @@ def main() -> None:
         for name in args.runs:
             if name == "untrained":
                 if name not in results:
-                    results[name] = score(None, args.max_length)
-                    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                    results[name] = score(None, args.max_length, args.precision)
+                if args.arguana and "arguana" not in results[name]:
+                    results[name]["arguana"] = arguana(work, name, untrained_checkpoint(work))
+                (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
                 continue
             if name == "round-1":
                 mine(work, name, ["--model", "smollm2-135m", "--tower", "search"], args)
@@ -156,13 +194,15 @@ def main() -> None:
                 mine(work, name, ["--model", str(train(work, "none", args))], args)
             checkpoint = train(work, name, args)
             if name not in results:
-                row = score(checkpoint, args.max_length)
+                row = score(checkpoint, args.max_length, args.precision)
                 row["training_s"] = json.loads((work / f"train-{name}" / "timing.json").read_text())["seconds"]
                 row["held_out"] = held_out(work / f"train-{name}")
                 if name != "none":
                     row["mining_s"] = json.loads((work / f"mined-{name}" / "timing.json").read_text())["seconds"]
                 results[name] = row
-                (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            if args.arguana and "arguana" not in results[name]:
+                results[name]["arguana"] = arguana(work, name, checkpoint)
+            (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = report(work, args)
     (work / "report.md").write_text(table)
     print(table)

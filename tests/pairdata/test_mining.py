@@ -11,7 +11,7 @@ import pytest
 
 from pairdata.cli import main
 from pairdata.leakage import LeakageIndex
-from pairdata.mining import DROP_REASONS, Encoder, MiningFilters, choose_negatives, load_mined, mine
+from pairdata.mining import DROP_REASONS, Encoder, MiningFilters, choose_negatives, load_encoder, load_mined, mine
 from pairdata.vectors import top_candidates
 from tests.train.test_training import write_pairs
 
@@ -21,7 +21,7 @@ class WordEncoder(Encoder):
 
     description = {"model": "word-hash", "kind": "test"}
 
-    def encode(self, texts, role):
+    def _encode(self, texts, role):
         import xxhash
 
         out = np.zeros((len(texts), 64), dtype=np.float32)
@@ -148,3 +148,17 @@ def test_the_mine_command_with_a_checkpoint_writes_a_set_the_trainer_reads(tmp_p
     assert all(len(row["negatives"]) == 2 for row in dataset)
     shutil.rmtree(out / "embeddings")  # the embeddings are a cache: training never reads them
     assert len(load_mined(str(out))) == 40
+
+
+def test_a_bf16_mining_model_encodes_under_autocast_and_says_so(tmp_path, tiny_embedder) -> None:
+    checkpoint = tmp_path / "model"
+    tiny_embedder.save_pretrained(checkpoint)
+    texts = ["def add(a, b): return a + b", "a longer sentence about hard negatives and mining them"]
+    full = load_encoder(str(checkpoint), None, None, 32, 8)
+    half = load_encoder(str(checkpoint), None, None, 32, 8, precision="bf16")
+    assert full.description["precision"] == "fp32" and half.description["precision"] == "bf16"
+    exact, rounded = full.encode(texts, "y"), half.encode(texts, "y")
+    assert rounded.dtype == np.float32
+    assert 0 < np.abs(exact - rounded).max() and (exact * rounded).sum(axis=1).min() > 0.99
+    with pytest.raises(ValueError, match="--precision must be fp32 or bf16"):
+        load_encoder(str(checkpoint), None, None, 32, 8, precision="fp16")
