@@ -48,7 +48,7 @@ SIDES = {
     "doc": {"open_token": "<|doc|>", "close_token": "<|/doc|>"},
 }
 SERVED_NAME = "bench"
-APPS = ("ours", "ours-onnx", "ours-bf16", "infinity", "naive")
+APPS = ("ours", "ours-onnx", "ours-bf16", "infinity", "infinity-bf16", "naive")
 STSB_TEST = REPO_ROOT.parent / "shared" / "data" / "senteval" / "STS" / "STSBenchmark" / "sts-test.csv"
 
 
@@ -167,11 +167,14 @@ def serving(
     """Start ``app``; yield its base URL (``.../v1``) and the model name to ask for."""
     port = free_port()
     threads = str(args.torch_threads)
-    if app == "infinity":
+    if app.startswith("infinity"):
         from serve.sidestack import infinity_server
 
-        log = log_dir / "infinity.log"
-        with infinity_server(st_folder, SERVED_NAME, port, batch_size=32, log=log, threads=args.torch_threads) as url:
+        dtype = "bfloat16" if app == "infinity-bf16" else "float32"
+        log = log_dir / f"{app}.log"
+        with infinity_server(
+            st_folder, SERVED_NAME, port, batch_size=32, log=log, threads=args.torch_threads, dtype=dtype
+        ) as url:
             yield url, SERVED_NAME
         return
     if app.startswith("ours"):
@@ -293,8 +296,10 @@ def table(results: dict) -> str:
     apps = list(next(iter(results["levels"].values())))
     ceiling = results["offline_encode_texts_per_s"]
     ours = [app for app in apps if app.startswith("ours")]
+    # ours-bf16 is set against infinity-bf16 when both ran; every other app of ours against infinity
+    peer = {app: "infinity-bf16" if app == "ours-bf16" and "infinity-bf16" in apps else "infinity" for app in ours}
     header = " | ".join(f"{app} req/s (p50 / p99 ms)" for app in apps)
-    ratios = " | ".join(f"{app} / infinity | {app} / offline encode" for app in ours)
+    ratios = " | ".join(f"{app} / {peer[app]} | {app} / offline encode" for app in ours)
     lines = [f"| clients | {header} | {ratios} |", "|---|" + "---|" * (len(apps) + 2 * len(ours))]
     for clients, level in results["levels"].items():
         cells, medians = [], {}
@@ -304,7 +309,7 @@ def table(results: dict) -> str:
             spread = f" [{s['low']}-{s['high']}]" if len(level[app]) > 1 else ""
             cells.append(f"{s['median']}{spread} ({s['p50_ms']} / {s['p99_ms']})")
         for app in ours:
-            cells.append(f"{medians[app] / medians['infinity']:.2f}x" if "infinity" in medians else "-")
+            cells.append(f"{medians[app] / medians[peer[app]]:.2f}x" if peer[app] in medians else "-")
             own_ceiling = results.get("offline_encode_bf16_texts_per_s", ceiling) if app == "ours-bf16" else ceiling
             cells.append(f"{medians[app] / own_ceiling:.0%}")
         lines.append(f"| {clients} | " + " | ".join(cells) + " |")

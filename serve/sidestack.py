@@ -109,10 +109,12 @@ def infinity_server(
     create: bool = True,
     threads: int | None = None,
     timeout_s: float = 600,
+    dtype: str = "float32",
 ) -> Iterator[str]:
     """``infinity_emb v2`` serving ``folder`` as ``name`` on 127.0.0.1:``port``; yields its base URL (``.../v1``).
 
     ``threads``: torch's intra-op threads in that server (``OMP_NUM_THREADS``; infinity has no flag).
+    ``dtype``: infinity's ``--dtype`` (``bfloat16`` casts the weights, where our ``--precision bf16`` autocasts).
     """
     python = side_stack_python(create)
     command = [
@@ -135,6 +137,8 @@ def infinity_server(
         "--url-prefix",
         "/v1",
         "--no-model-warmup",
+        "--dtype",
+        dtype,
     ]
     # PYTHONPATH empty: our repository's packages stay out of the side interpreter
     env = {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "PYTHONPATH": ""}
