@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.report is not None:
         print(table(json.loads(args.report.read_text())))
         return
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     results = run(args)
     print(table(results))
     if args.out is not None:
