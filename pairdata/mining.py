@@ -98,7 +98,8 @@ class Encoder:
 
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+        device = next(self.model.parameters()).device.type  # type: ignore[attr-defined]
+        return torch.autocast(device, dtype=torch.bfloat16)
 
 
 class EmbedderEncoder(Encoder):
@@ -139,7 +140,8 @@ def load_encoder(
         raise ValueError(f"--precision must be fp32 or bf16, got {precision!r}")
     encoder = _load_encoder(model, tower, sides, max_length, batch_size)
     encoder.precision = precision
-    encoder.description["precision"] = precision
+    if precision != "fp32":  # fp32 manifests stay as they were, so their unfinished runs still resume
+        encoder.description["precision"] = precision
     return encoder
 
 
