@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--graceful-shutdown-s", type=float, default=5.0, help="at shutdown, cancel requests still running after this"
     )
+    parser.add_argument(
+        "--call-overhead-tokens",
+        type=lambda text: None if text == "auto" else float(text),
+        default=None,
+        help="padded tokens one forward call is worth when cutting a micro-batch by length; auto: measured at start",
+    )
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--access-log", choices=["on", "off"], default="on", help="one JSON line per request (logger serve.access)"
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         torch_threads=args.torch_threads,
         body_timeout_s=args.body_timeout_s,
         graceful_shutdown_s=args.graceful_shutdown_s,
+        call_overhead_tokens=args.call_overhead_tokens,
         **({"max_body_bytes": args.max_body_bytes} if args.max_body_bytes is not None else {}),
     )
     uvicorn.run(

@@ -88,6 +88,9 @@ class Settings:
         body_timeout_s: a request body that takes longer to arrive answers 408.
         graceful_shutdown_s: at shutdown, requests still running after this long are cancelled
             (uvicorn's ``timeout_graceful_shutdown``; used by ``python -m serve``).
+        call_overhead_tokens: padded tokens one forward call is worth when a micro-batch is cut
+            into length chunks (:func:`serve.engine.length_chunks`); ``None``: measured at start
+            (:meth:`EmbeddingEngine.measure_call_overhead`); 0: padding alone decides.
     """
 
     model: str | None = None
@@ -106,6 +109,7 @@ class Settings:
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout_s: float = 30.0
     graceful_shutdown_s: float = 5.0
+    call_overhead_tokens: float | None = 0.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.body_timeout_s <= 0 or self.graceful_shutdown_s < 0:
@@ -144,6 +148,11 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
                 settings.backend,
                 settings.torch_threads,
             )
+        if settings.call_overhead_tokens is None:
+            overhead = await asyncio.to_thread(served.measure_call_overhead)
+            logger.info("one forward call measured as worth %.1f padded tokens (length chunks)", overhead)
+        else:
+            served.call_overhead_tokens = settings.call_overhead_tokens
         batcher: MicroBatcher[Row, torch.Tensor] = MicroBatcher(
             metrics.timed_batches(served.run, row_length),
             row_length,

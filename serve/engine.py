@@ -8,7 +8,9 @@ text-similarity tower). Rows are ``(side, delimited token ids)``; a batch may mi
 from __future__ import annotations
 
 import copy
+import statistics
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,7 +41,13 @@ class EmbeddingEngine:
             ``max_length - 2`` tokens, as :meth:`DecoderEmbedder.encode` does.
         precision: ``fp32``, or ``bf16`` (``torch.autocast``: faster on GPUs and AVX512-BF16 CPUs;
             the same setting as the evaluation harness's ``source.precision``).
+
+    ``call_overhead_tokens`` (default 0) is the fixed cost of one forward call expressed in
+    padded tokens; :meth:`run` pays that much padding to save a call (see :func:`length_chunks`),
+    and :meth:`measure_call_overhead` sets it from timed calls on this machine.
     """
+
+    call_overhead_tokens: float = 0.0
 
     def __init__(
         self, model: DecoderEmbedder, name: str, max_length: int = 512, device: str = "cpu", precision: str = "fp32"
@@ -130,7 +138,7 @@ class EmbeddingEngine:
         so a micro-batch of mixed lengths does not pay for padding every row to the longest.
         """
         out: list[torch.Tensor | None] = [None] * len(rows)
-        for chunk in length_chunks([len(row.ids) for row in rows], PADDING_SLACK):
+        for chunk in length_chunks([len(row.ids) for row in rows], PADDING_SLACK, self.call_overhead_tokens):
             batch = pad_rows([rows[i].ids for i in chunk], self._pad_id, self.model.padding_side)
             with self._autocast():
                 embeddings = self.model(
@@ -142,6 +150,30 @@ class EmbeddingEngine:
                 out[i] = vector
         assert all(vector is not None for vector in out)
         return out  # type: ignore[return-value]
+
+    def measure_call_overhead(self, repeats: int = 3) -> float:
+        """Time one 16-token row and 8 such rows; set and return the per-call cost in tokens.
+
+        A forward call costs about ``a + b x padded tokens``; ``a / b`` is what one call saves in
+        tokens. On a CPU with bf16 autocast ``a`` is large (many small kernels per layer), so
+        small micro-batches run faster as one padded chunk than as several tight ones.
+        """
+        side = self.model.side_names[0]
+        open_id, close_id = self._delimiters[side]
+        row = Row(side, (open_id, *([self._pad_id] * 14), close_id))
+
+        def seconds(count: int) -> float:
+            times = []
+            for _ in range(repeats + 1):  # the first call warms up
+                started = time.perf_counter()
+                self.run([row] * count)
+                times.append(time.perf_counter() - started)
+            return statistics.median(times[1:])
+
+        one, eight = seconds(1), seconds(8)
+        per_token = max(eight - one, 1e-9) / (7 * len(row.ids))
+        self.call_overhead_tokens = round(max(one - per_token * len(row.ids), 0.0) / per_token, 1)
+        return self.call_overhead_tokens
 
     def _autocast(self) -> torch.autocast | nullcontext:
         if self.precision == "fp32":
@@ -170,8 +202,11 @@ def max_chars_per_token(tokenizer: Any) -> int:
     return max(1, longest) * (4 if normalizes else 1)
 
 
-def length_chunks(lengths: Sequence[int], slack: float = PADDING_SLACK) -> list[list[int]]:
-    """Group row indices, shortest first, so each group's padded size is at most ``slack`` x its real tokens.
+def length_chunks(
+    lengths: Sequence[int], slack: float = PADDING_SLACK, call_overhead_tokens: float = 0.0
+) -> list[list[int]]:
+    """Group row indices, shortest first, so each group's padded size is at most ``slack`` x its real tokens
+    plus ``call_overhead_tokens`` (what one more forward call costs, in tokens; 0: padding alone decides).
 
     Returns:
         index lists covering ``range(len(lengths))`` once each.
@@ -181,7 +216,7 @@ def length_chunks(lengths: Sequence[int], slack: float = PADDING_SLACK) -> list[
     real = 0
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         width = lengths[i]  # ascending: the newest row is the longest of its chunk
-        if current and width * (len(current) + 1) > slack * (real + width):
+        if current and width * (len(current) + 1) > slack * (real + width) + call_overhead_tokens:
             chunks.append(current)
             current, real = [], 0
         current.append(i)

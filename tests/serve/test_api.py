@@ -241,6 +241,26 @@ def test_cli_flags_and_missing_key_env(monkeypatch):
         main(["--model", "m", "--api-key-env", "CPT_TEST_NO_SUCH_KEY"])
 
 
+def test_call_overhead_is_measured_at_start_unless_given(monkeypatch):
+    from serve.__main__ import parse_args
+    from tests.serve.conftest import build_engine
+
+    assert parse_args(["--model", "m"]).call_overhead_tokens is None  # auto
+    assert parse_args(["--model", "m", "--call-overhead-tokens", "auto"]).call_overhead_tokens is None
+    assert parse_args(["--model", "m", "--call-overhead-tokens", "64"]).call_overhead_tokens == 64.0
+    engine = build_engine()
+    measured = []
+    monkeypatch.setattr(engine, "measure_call_overhead", lambda: measured.append(1) or 12.5)
+
+    def health(client):
+        return client.get("/health")
+
+    run_with_client(create_app(Settings(call_overhead_tokens=None), engine=engine), health)
+    assert measured == [1]
+    run_with_client(create_app(Settings(call_overhead_tokens=30.0), engine=engine), health)
+    assert measured == [1] and engine.call_overhead_tokens == 30.0
+
+
 def test_create_app_needs_a_model():
     with pytest.raises(ValueError, match="settings.model"):
         create_app(Settings())

@@ -191,6 +191,33 @@ def test_length_chunks_bound_padding_and_cover_every_row():
     assert length_chunks([]) == []
 
 
+def test_a_costly_forward_call_buys_padding_and_zero_cost_changes_nothing():
+    from serve.engine import length_chunks
+
+    lengths = [5, 50, 6, 48, 7, 120, 5, 49]
+    assert length_chunks(lengths, 1.25, call_overhead_tokens=0.0) == length_chunks(lengths, 1.25)
+    # 200 tokens a call: the short rows join the ~50s (7 x 50 <= 1.25 x 170 + 200), 120 stays alone (960 > 562.5)
+    merged = length_chunks(lengths, 1.25, call_overhead_tokens=200.0)
+    assert sorted(i for chunk in merged for i in chunk) == list(range(len(lengths)))
+    assert len(merged) == 2 and merged[-1] == [5]
+    assert length_chunks(lengths, 1.25, call_overhead_tokens=10_000.0) == [sorted(range(8), key=lambda i: lengths[i])]
+
+
+def test_the_measured_call_overhead_sets_the_engine_and_keeps_its_vectors(tiny_embedder):
+    import torch
+
+    from serve.engine import EmbeddingEngine
+
+    engine = EmbeddingEngine(tiny_embedder, "tiny", max_length=64)
+    texts = ["short", "a somewhat longer sentence than that", "x " * 20, "mid length text here"]
+    rows = [engine.row("query", body) for body in engine.tokenize(texts)]
+    tight = torch.stack(engine.run(rows))
+    overhead = engine.measure_call_overhead(repeats=1)
+    assert overhead >= 0 and engine.call_overhead_tokens == overhead
+    engine.call_overhead_tokens = 10_000.0  # one padded chunk
+    torch.testing.assert_close(torch.stack(engine.run(rows)), tight, atol=1e-5, rtol=0)
+
+
 def test_a_small_request_joins_the_next_batch_not_the_end_of_a_large_one():
     recorder = Recorder(delay=0.05)
 
