@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--call-overhead-tokens",
         type=lambda text: None if text == "auto" else float(text),
-        default=None,
-        help="padded tokens one forward call is worth when cutting a micro-batch by length; auto: measured at start",
+        default=0.0,
+        help="padded tokens one forward call is worth when cutting a micro-batch by length (auto: measured at start)",
     )
     parser.add_argument("--log-level", default="info")
     parser.add_argument(

@@ -245,7 +245,7 @@ def test_call_overhead_is_measured_at_start_unless_given(monkeypatch):
     from serve.__main__ import parse_args
     from tests.serve.conftest import build_engine
 
-    assert parse_args(["--model", "m"]).call_overhead_tokens is None  # auto
+    assert parse_args(["--model", "m"]).call_overhead_tokens == 0.0  # padding alone decides, as before the option
     assert parse_args(["--model", "m", "--call-overhead-tokens", "auto"]).call_overhead_tokens is None
     assert parse_args(["--model", "m", "--call-overhead-tokens", "64"]).call_overhead_tokens == 64.0
     engine = build_engine()
