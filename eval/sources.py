@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -192,12 +191,12 @@ class SentenceTransformerSource:
         from sentence_transformers.util import batch_to_device
 
         from models import length_batches
+        from models.precision import inference_autocast
 
         model = self.model
         model.eval()
         out: np.ndarray | None = None
-        autocast = torch.autocast("cpu" if self.device == "cpu" else "cuda", dtype=torch.bfloat16)
-        with torch.inference_mode(), autocast if self.precision == "bf16" else nullcontext():
+        with torch.inference_mode(), inference_autocast(self.precision, "cpu" if self.device == "cpu" else "cuda"):
             lengths = self._token_counts(texts)
             order = sorted(range(len(texts)), key=lambda i: -lengths[i])
             budget = resolve_max_batch_tokens(self.max_batch_tokens, self.device)
@@ -371,10 +370,11 @@ class CheckpointSource:
     def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
         import torch
 
+        from models.precision import inference_autocast
+
         side = self.side_for(role)
         device = self.model.log_scale.device.type
-        autocast = torch.autocast(device, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), inference_autocast(self.precision, device):
             vectors = self.model.encode(
                 list(texts),
                 side=side,

@@ -92,14 +92,11 @@ class Encoder:
         raise NotImplementedError
 
     def _autocast(self) -> Any:
-        import contextlib
-
-        import torch
+        from models.precision import inference_autocast
 
         if self.precision == "fp32":
-            return contextlib.nullcontext()
-        device = next(self.model.parameters()).device.type  # type: ignore[attr-defined]
-        return torch.autocast(device, dtype=torch.bfloat16)
+            return inference_autocast("fp32")
+        return inference_autocast(self.precision, next(self.model.parameters()).device)  # type: ignore[attr-defined]
 
 
 class EmbedderEncoder(Encoder):
@@ -136,7 +133,9 @@ def load_encoder(
 ) -> Encoder:
     """The mining model: one of our checkpoints or exports, a sentence-transformers folder, or (with
     ``tower``) a pretrained decoder name or folder given that tower's delimiters, untrained."""
-    if precision not in ("fp32", "bf16"):
+    from models.precision import PRECISIONS
+
+    if precision not in PRECISIONS:
         raise ValueError(f"--precision must be fp32 or bf16, got {precision!r}")
     encoder = _load_encoder(model, tower, sides, max_length, batch_size)
     encoder.precision = precision

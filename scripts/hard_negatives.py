@@ -88,14 +88,14 @@ def score(checkpoint: Path | None, max_length: int, precision: str = "fp32") -> 
     import torch
 
     from models import DecoderEmbedder
+    from models.precision import inference_autocast
     from pairdata.trainsets import built
 
     valid = built("text-search", "valid")
     documents = sorted(set(valid["y"]))
     position = {text: i for i, text in enumerate(documents)}
     model = untrained_model() if checkpoint is None else DecoderEmbedder.from_pretrained(checkpoint)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), inference_autocast(precision):
         queries = model.encode(valid["x"], "query", batch_size=32, max_length=max_length)
         docs = model.encode(documents, "doc", batch_size=32, max_length=max_length)
     scores = queries @ docs.T

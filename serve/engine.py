@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from models import DecoderEmbedder
+from models.precision import PRECISIONS, inference_autocast
 from models.tokenization import body_ids, delimit_ids, delimiter_ids, pad_id_of, pad_rows
 
 
@@ -175,14 +176,11 @@ class EmbeddingEngine:
         self.call_overhead_tokens = round(max(one - per_token * len(row.ids), 0.0) / per_token, 1)
         return self.call_overhead_tokens
 
-    def _autocast(self) -> torch.autocast | nullcontext:
-        if self.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+    def _autocast(self) -> AbstractContextManager:
+        return inference_autocast(self.precision, self.device)
 
 
 PADDING_SLACK = 1.25
-PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnx", "onnx-int8")
 TOKENIZE_CHUNK = 64  # texts per tokenizer call: the granularity of stopping a request that is over its limit
 
