@@ -27,6 +27,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pairdata.loading import default_data_dir
 from pairdata.sources import DEFAULT_CACHE_DIR, SourceCache, SourceSpec, SourceUnavailableError
@@ -151,6 +152,9 @@ def parser() -> argparse.ArgumentParser:
                       help="bf16: forward passes under torch.autocast (GPUs, CPUs with native bf16)")  # fmt: skip
     mine.add_argument("--query-block", type=int, default=4096, help="rows searched (and written) per part")
     mine.add_argument("--limit", type=int, default=None, help="mine only the first N rows")
+    mine.add_argument("--sample", type=int, default=None,
+                      help="mine a random N rows (seeded by --seed, kept in the set's order; after --limit): built "
+                           "sets are stored group by group, so their first rows come from a few packages")  # fmt: skip
     mine.add_argument("--data-dir", type=Path, default=default_data_dir())
     mine.add_argument("--benchmark-dir", type=Path, default=default_benchmark_dir(),
                       help="candidates holding a benchmark text are never used (the shared/data folder)")  # fmt: skip
@@ -174,6 +178,18 @@ def _columns(text: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(f"expected e.g. x=query,y=positive, got {text!r}") from None
 
 
+def sample_rows(dataset: Any, size: int, seed: int) -> Any:
+    """``size`` rows of ``dataset`` drawn without replacement (seeded), in the dataset's order."""
+    import numpy as np
+
+    if size < 1:
+        raise ValueError(f"--sample must be at least 1, got {size}")
+    if size >= len(dataset):
+        return dataset
+    rows = np.sort(np.random.default_rng(seed).choice(len(dataset), size=size, replace=False))
+    return dataset.select(rows.tolist())
+
+
 def run_mine(args: argparse.Namespace, command: str) -> dict:
     from pairdata.mining import MiningFilters, load_corpus, load_encoder, mine
     from pairdata.trainsets import built, load_files
@@ -190,6 +206,9 @@ def run_mine(args: argparse.Namespace, command: str) -> dict:
         dataset = load_files(args.data, columns=args.columns, limit=args.limit)
         label = args.data
     dataset = dataset.select_columns(["x", "y"])
+    if args.sample is not None:
+        dataset = sample_rows(dataset, args.sample, args.seed)
+        label = f"{label} (random {len(dataset)} rows, seed {args.seed})"
     corpus = load_corpus(args.corpus, args.corpus_column) if args.corpus else None
     leakage = None
     if not args.no_benchmark_check:

@@ -1,8 +1,16 @@
-"""The search tower with mined hard negatives: no negatives / round-1 / round-2, same recipe and seed.
+"""The search (or code) tower with mined hard negatives: no negatives / round-1 / round-2, same recipe and seed.
 
     python scripts/hard_negatives.py                       # mine, train and score; finished steps are skipped
     python scripts/hard_negatives.py --negatives 3 --work runs/hard-negatives
     python scripts/hard_negatives.py --report-only
+    python scripts/hard_negatives.py --tower code --precision bf16 --runs none round-2 --sample 12000
+
+With ``--tower code`` the runs are ``experiment=code`` and each of the six ``code-*`` train splits is
+mined on its own (negatives from the same language), a seeded random ``--sample`` of its rows in
+proportion to its size (the pool is the sample's functions: the whole 101,857 at 64 tokens would take
+hours here, and the recipe draws 1,088 rows); the negatives runs train on ``data=code_mined``, a
+mixture of the six mined sets. Code runs are scored on the CodeSearchNet-style test sets with the
+towers table's settings (configs/towers.yaml: first group of 1,000 per language, bf16, 256 tokens).
 
 Round 1 mines ``text-search``'s train split with the untrained decoder (SmolLM2-135M with the
 search tower's delimiters); round 2 with the search tower trained without negatives. Each of the
@@ -35,6 +43,25 @@ def run_logged(command: list[str], log: Path) -> float:
 
 RUNS = ("untrained", "none", "round-1", "round-2")
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16"}  # --precision -> the trainer's mixed_precision
+CODE_SETS = ("code-go", "code-java", "code-javascript", "code-php", "code-python", "code-ruby")
+
+
+def mining_targets(work: Path, name: str, args: argparse.Namespace) -> dict[str, Path]:
+    """Built set -> the folder its mining run writes (search: one set; code: one folder per language)."""
+    if args.tower == "search":
+        return {"text-search": work / f"mined-{name}"}
+    return {dataset: work / f"mined-{name}" / dataset for dataset in CODE_SETS}
+
+
+def sample_sizes(args: argparse.Namespace) -> dict[str, int | None]:
+    """``--sample`` rows shared among the code sets in proportion to their train rows (None: every row)."""
+    if args.tower == "search" or args.sample is None:
+        return {dataset: None for dataset in mining_targets(Path("."), "-", args)}
+    from pairdata.trainsets import built
+
+    rows = {dataset: len(built(dataset, "train")) for dataset in CODE_SETS}
+    total = sum(rows.values())
+    return {dataset: max(1, round(args.sample * count / total)) for dataset, count in rows.items()}
 
 
 def final_checkpoint(run_dir: Path) -> Path | None:
@@ -43,16 +70,25 @@ def final_checkpoint(run_dir: Path) -> Path | None:
 
 
 def mine(work: Path, name: str, model_args: list[str], args: argparse.Namespace) -> None:
-    out = work / f"mined-{name}"
-    if (out / "manifest.json").is_file():
+    targets = mining_targets(work, name, args)
+    if all((out / "manifest.json").is_file() for out in targets.values()):
         return
-    command = [sys.executable, "-m", "pairdata", "mine", *model_args, "--built", "text-search", "--out", str(out),
-               "--num-negatives", str(args.mine_negatives), "--range-min", str(args.range_min),
-               "--max-length", str(args.max_length), "--precision", args.precision]  # fmt: skip
-    if args.relative_margin is not None:
-        command += ["--relative-margin", str(args.relative_margin)]
-    seconds = run_logged(command, work / "logs" / f"mine-{name}.log")
-    (out / "timing.json").write_text(json.dumps({"command": command, "seconds": round(seconds)}) + "\n")
+    seconds = 0.0
+    sizes = sample_sizes(args)
+    commands = []
+    for dataset, out in targets.items():
+        command = [sys.executable, "-m", "pairdata", "mine", *model_args, "--built", dataset, "--out", str(out),
+                   "--num-negatives", str(args.mine_negatives), "--range-min", str(args.range_min),
+                   "--max-length", str(args.max_length), "--precision", args.precision]  # fmt: skip
+        if args.relative_margin is not None:
+            command += ["--relative-margin", str(args.relative_margin)]
+        if sizes[dataset] is not None:
+            command += ["--sample", str(sizes[dataset])]
+        commands.append(command)
+        if not (out / "manifest.json").is_file():
+            seconds += run_logged(command, work / "logs" / f"mine-{name}-{dataset}.log")
+    timing = {"command": commands[0] if len(commands) == 1 else commands, "seconds": round(seconds)}
+    (work / f"mined-{name}" / "timing.json").write_text(json.dumps(timing) + "\n")
 
 
 def train(work: Path, name: str, args: argparse.Namespace) -> Path:
@@ -62,10 +98,13 @@ def train(work: Path, name: str, args: argparse.Namespace) -> Path:
         return checkpoint
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", MIXED_PRECISION[args.precision], "--dynamo_backend", "no", "train/contrastive.py",
-               "experiment=search", f"trainer.mixed_precision={MIXED_PRECISION[args.precision]}", "resume=auto",
-               "logging=none", f"hydra.run.dir={run_dir}"]  # fmt: skip
-    if name != "none":
+               f"experiment={args.tower}", f"trainer.mixed_precision={MIXED_PRECISION[args.precision]}",
+               "resume=auto", "logging=none", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    if name != "none" and args.tower == "search":
         command += ["data=mined", f"data.path={work / f'mined-{name}'}", f"data.num_negatives={args.negatives}"]
+    elif name != "none":
+        command += ["data=code_mined", f"data.num_negatives={args.negatives}"]
+        command += [f"data.datasets.{dataset}.path={out}" for dataset, out in mining_targets(work, name, args).items()]
     seconds = run_logged(command, work / "logs" / f"train-{name}.log")
     (run_dir / "timing.json").write_text(json.dumps({"command": command, "seconds": round(seconds)}) + "\n")
     checkpoint = final_checkpoint(run_dir)
@@ -73,13 +112,13 @@ def train(work: Path, name: str, args: argparse.Namespace) -> Path:
     return checkpoint
 
 
-def untrained_model():
-    """SmolLM2-135M with the search tower's delimiters, before any step (what round 1 mines with)."""
+def untrained_model(tower_name: str = "search"):
+    """SmolLM2-135M with the tower's delimiters, before any step (what round 1 mines with)."""
     from omegaconf import OmegaConf
 
     from models import DecoderEmbedder
 
-    tower = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "tower" / "search.yaml"))
+    tower = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "tower" / f"{tower_name}.yaml"))
     return DecoderEmbedder.build(pretrained="smollm2-135m", sides=tower["sides"], seed=0)
 
 
@@ -106,46 +145,80 @@ def score(checkpoint: Path | None, max_length: int, precision: str = "fp32") -> 
             "documents": len(documents)}  # fmt: skip
 
 
-def arguana(work: Path, name: str, checkpoint: Path) -> float:
-    """BEIR ArguAna nDCG@10 of ``checkpoint`` with the towers table's settings (configs/towers.yaml)."""
-    out = work / f"arguana-{name}"
+def benchmark(work: Path, name: str, checkpoint: Path, benchmark_name: str) -> dict[str, float]:
+    """``benchmark_name``'s scores of ``checkpoint`` with the towers table's settings (configs/towers.yaml)."""
+    out = work / f"{benchmark_name}-{name}"
     if not (out / "results.json").is_file():
         plan = load_plan(ROOT / "configs" / "towers.yaml")
-        command = [sys.executable, "eval/run.py", *plan.benchmarks["arguana"], "source=checkpoint",
+        command = [sys.executable, "eval/run.py", *plan.benchmarks[benchmark_name], "source=checkpoint",
                    f"source.checkpoint_dir={checkpoint}", f"source.name=hard-negatives-{name}",
-                   *checkpoint_overrides(plan, "arguana"), "reference_model=null", "show_progress=false",
+                   *checkpoint_overrides(plan, benchmark_name), "reference_model=null", "show_progress=false",
                    f"output_dir={out}"]  # fmt: skip
-        run_logged(command, work / "logs" / f"arguana-{name}.log")
-    return round(json.loads((out / "results.json").read_text())["scores"]["beir/arguana/ndcg@10"], 2)
+        run_logged(command, work / "logs" / f"{benchmark_name}-{name}.log")
+    return json.loads((out / "results.json").read_text())["scores"]
 
 
-def untrained_checkpoint(work: Path) -> Path:
+def arguana(work: Path, name: str, checkpoint: Path) -> float:
+    """BEIR ArguAna nDCG@10 of ``checkpoint`` with the towers table's settings."""
+    return round(benchmark(work, name, checkpoint, "arguana")["beir/arguana/ndcg@10"], 2)
+
+
+def codesearchnet(work: Path, name: str, checkpoint: Path) -> dict[str, float]:
+    """MRR per language and averaged on the CodeSearchNet-style test sets (the towers table's settings)."""
+    scores = benchmark(work, name, checkpoint, "codesearchnet")
+    return {key.split("/")[1]: round(value, 2) for key, value in scores.items() if key.endswith("/mrr")}
+
+
+def untrained_checkpoint(work: Path, tower: str) -> Path:
     folder = work / "untrained" / "checkpoint"
     if not (folder / "config.json").is_file():
-        untrained_model().save_pretrained(folder)
+        untrained_model(tower).save_pretrained(folder)
     return folder
+
+
+MINERS = {
+    "untrained": "(not trained: the decoder with the {tower} delimiters)",
+    "none": "-",
+    "round-1": "untrained SmolLM2-135M + {tower} delimiters",
+    "round-2": "{tower} tower (no negatives)",
+}
 
 
 def report(work: Path, args: argparse.Namespace) -> str:
     results = json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
-    lines = [f"k = {args.negatives} hard negatives per row (mined {args.mine_negatives}, range_min {args.range_min}, "
-             f"relative_margin {args.relative_margin}); text-search valid split, {args.max_length} tokens", "",
-             "| negatives | mined by | mining: s | training: s | held-out loss | text-search valid MRR | top-1 | "
-             "ArguAna nDCG@10 |", "|---|---|---:|---:|---|---:|---:|---:|"]  # fmt: skip
-    miners = {
-        "untrained": "(not trained: the decoder with the search delimiters)",
-        "none": "-",
-        "round-1": "untrained SmolLM2-135M + search delimiters",
-        "round-2": "search tower (no negatives)",
-    }
+    sampled = f", a random {args.sample} rows of the six code-* train splits" if args.sample else ""
+    settings = (
+        f"k = {args.negatives} hard negatives per row (mined {args.mine_negatives}, range_min {args.range_min}, "
+        f"relative_margin {args.relative_margin}{sampled})"
+    )
+    if args.tower == "search":
+        lines = [f"{settings}; text-search valid split, {args.max_length} tokens", "",
+                 "| negatives | mined by | mining: s | training: s | held-out loss | text-search valid MRR | top-1 | "
+                 "ArguAna nDCG@10 |", "|---|---|---:|---:|---|---:|---:|---:|"]  # fmt: skip
+    else:
+        languages = [dataset.removeprefix("code-") for dataset in CODE_SETS]
+        lines = [f"{settings}; CodeSearchNet-style test sets (first group of 1,000 per language), MRR", "",
+                 "| negatives | mined by | mining: s | training: s | held-out loss | " + " | ".join(languages)
+                 + " | average |", "|---|---|---:|---:|---|" + "---:|" * (len(languages) + 1)]  # fmt: skip
     for name in RUNS:
         row = results.get(name)
         if not row:
             continue
-        cells = [name, miners[name], row.get("mining_s", "-"), row.get("training_s", "-"), row.get("held_out", "-"),
-                 row["mrr"], row["top1"], row.get("arguana", "-")]  # fmt: skip
+        cells = [name, MINERS[name].format(tower=args.tower), row.get("mining_s", "-"), row.get("training_s", "-"),
+                 row.get("held_out", "-")]  # fmt: skip
+        if args.tower == "search":
+            cells += [row["mrr"], row["top1"], row.get("arguana", "-")]
+        else:
+            cells += [row["codesearchnet"].get(language, "-") for language in [*languages, "average"]]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def scores(work: Path, name: str, checkpoint: Path | None, args: argparse.Namespace) -> dict:
+    """The tower's own scores of a run: search, the valid split's MRR and top-1; code, CodeSearchNet MRR."""
+    if args.tower == "search":
+        return score(checkpoint, args.max_length, args.precision)
+    return {"codesearchnet": codesearchnet(work, name, checkpoint or untrained_checkpoint(work, args.tower))}
 
 
 def held_out(run_dir: Path) -> str:
@@ -156,13 +229,16 @@ def held_out(run_dir: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "hard-negatives")
+    parser.add_argument("--tower", choices=["search", "code"], default="search")
+    parser.add_argument("--work", type=Path, default=None, help="default: runs/hard-negatives (code: -code)")
     parser.add_argument("--negatives", type=int, default=1, help="data.num_negatives of the training runs")
     parser.add_argument("--mine-negatives", type=int, default=7)
     parser.add_argument("--range-min", type=int, default=0)
     parser.add_argument("--relative-margin", type=float, default=None)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--sample", type=int, default=None,
+                        help="code: mine a random N rows of the six sets (in proportion to their sizes)")  # fmt: skip
     parser.add_argument(
         "--precision",
         choices=sorted(MIXED_PRECISION),
@@ -176,25 +252,28 @@ def main() -> None:
     )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    work = args.work.resolve()
+    if args.tower == "search" and args.sample is not None:
+        parser.error("--sample is for --tower code (text-search is mined whole)")
+    default_work = ROOT / "runs" / ("hard-negatives" if args.tower == "search" else "hard-negatives-code")
+    work = (args.work or default_work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         results = json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
         for name in args.runs:
             if name == "untrained":
                 if name not in results:
-                    results[name] = score(None, args.max_length, args.precision)
+                    results[name] = scores(work, name, None, args)
                 if args.arguana and "arguana" not in results[name]:
-                    results[name]["arguana"] = arguana(work, name, untrained_checkpoint(work))
+                    results[name]["arguana"] = arguana(work, name, untrained_checkpoint(work, args.tower))
                 (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
                 continue
             if name == "round-1":
-                mine(work, name, ["--model", "smollm2-135m", "--tower", "search"], args)
+                mine(work, name, ["--model", "smollm2-135m", "--tower", args.tower], args)
             if name == "round-2":
                 mine(work, name, ["--model", str(train(work, "none", args))], args)
             checkpoint = train(work, name, args)
             if name not in results:
-                row = score(checkpoint, args.max_length, args.precision)
+                row = scores(work, name, checkpoint, args)
                 row["training_s"] = json.loads((work / f"train-{name}" / "timing.json").read_text())["seconds"]
                 row["held_out"] = held_out(work / f"train-{name}")
                 if name != "none":

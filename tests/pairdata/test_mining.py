@@ -162,3 +162,34 @@ def test_a_bf16_mining_model_encodes_under_autocast_and_says_so(tmp_path, tiny_e
     assert 0 < np.abs(exact - rounded).max() and (exact * rounded).sum(axis=1).min() > 0.99
     with pytest.raises(ValueError, match="--precision must be fp32 or bf16"):
         load_encoder(str(checkpoint), None, None, 32, 8, precision="fp16")
+
+
+def test_a_mining_sample_is_seeded_without_repeats_and_keeps_the_set_order(tmp_path) -> None:
+    from pairdata.cli import sample_rows
+
+    dataset = pair_set(tmp_path)
+    first, again, other = (sample_rows(dataset, 20, seed) for seed in (0, 0, 1))
+    rows = {row["x"] + "\t" + row["y"]: i for i, row in enumerate(dataset)}
+    positions = [rows[row["x"] + "\t" + row["y"]] for row in first]
+    assert len(set(positions)) == 20 and positions == sorted(positions)
+    assert first["x"] == again["x"] and first["x"] != other["x"]
+    assert len(sample_rows(dataset, 10_000, 0)) == len(dataset)
+    with pytest.raises(ValueError, match="--sample must be at least 1"):
+        sample_rows(dataset, 0, 0)
+
+
+def test_data_code_mined_mixes_one_mined_set_per_language_with_its_negatives(tmp_path) -> None:
+    from hydra.utils import instantiate
+
+    from pairdata.trainsets import split_data_config
+    from tests.conftest import compose_train_config
+
+    out = tmp_path / "mined"
+    mine(pair_set(tmp_path), WordEncoder(), out, MiningFilters(num_negatives=2), show_progress=False)
+    languages = ["python", "java", "go", "php", "ruby", "javascript"]
+    paths = [f"data.datasets.code-{language}.path={out}" for language in languages]
+    cfg = compose_train_config(["experiment=code", "data=code_mined", "data.num_negatives=2", *paths], tmp_path)
+    loader, options = split_data_config(cfg.data)
+    mixture = instantiate(loader)
+    assert options == {"num_negatives": 2} and mixture.names == [f"code-{language}" for language in languages]
+    assert all(len(row["negatives"]) == 2 for row in mixture.datasets["code-ruby"])
