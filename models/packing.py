@@ -70,6 +70,24 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def tight_capacity(lengths: list[int], limit: int) -> int:
+    """The packing capacity for rows of ``lengths`` using as few tokens as ``limit`` allows.
+
+    A fixed capacity pads its last sequence to full width: one 15-token row packed at 512 runs
+    512 positions. Here the sequences are as many as ``limit`` needs (``ceil(total / limit)``) and
+    each only as wide as an even share of the tokens, 10% slack for first-fit decreasing, and never
+    narrower than the longest row (nor wider than ``limit`` unless a row is).
+    """
+    if limit < 1:
+        raise ValueError(f"packing capacity must be >= 1 token, got {limit}")
+    total, longest = sum(lengths), max(lengths, default=1)
+    sequences = -(-total // limit)
+    if sequences <= 1:
+        return max(total, 1)
+    share = -(-total * 11 // (10 * sequences))
+    return max(longest, min(limit, share))
+
+
 def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int) -> PackedRows:
     """Pack the real tokens of a padded (B, T) batch (left or right padding) into sequences.
 

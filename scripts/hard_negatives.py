@@ -145,27 +145,29 @@ def score(checkpoint: Path | None, max_length: int, precision: str = "fp32") -> 
             "documents": len(documents)}  # fmt: skip
 
 
-def benchmark(work: Path, name: str, checkpoint: Path, benchmark_name: str) -> dict[str, float]:
-    """``benchmark_name``'s scores of ``checkpoint`` with the towers table's settings (configs/towers.yaml)."""
+def benchmark(work: Path, name: str, checkpoint: Path, benchmark_name: str, precision: str) -> dict[str, float]:
+    """``benchmark_name``'s scores of ``checkpoint`` with the towers table's settings (configs/towers.yaml), in
+    ``precision`` (the table's bf16 is slower than fp32 on CPUs with AVX512-BF16 but no AMX)."""
     out = work / f"{benchmark_name}-{name}"
     if not (out / "results.json").is_file():
         plan = load_plan(ROOT / "configs" / "towers.yaml")
         command = [sys.executable, "eval/run.py", *plan.benchmarks[benchmark_name], "source=checkpoint",
                    f"source.checkpoint_dir={checkpoint}", f"source.name=hard-negatives-{name}",
-                   *checkpoint_overrides(plan, benchmark_name), "reference_model=null", "show_progress=false",
+                   *checkpoint_overrides(plan, benchmark_name), f"source.precision={precision}",
+                   "reference_model=null", "show_progress=false",
                    f"output_dir={out}"]  # fmt: skip
         run_logged(command, work / "logs" / f"{benchmark_name}-{name}.log")
     return json.loads((out / "results.json").read_text())["scores"]
 
 
-def arguana(work: Path, name: str, checkpoint: Path) -> float:
+def arguana(work: Path, name: str, checkpoint: Path, precision: str) -> float:
     """BEIR ArguAna nDCG@10 of ``checkpoint`` with the towers table's settings."""
-    return round(benchmark(work, name, checkpoint, "arguana")["beir/arguana/ndcg@10"], 2)
+    return round(benchmark(work, name, checkpoint, "arguana", precision)["beir/arguana/ndcg@10"], 2)
 
 
-def codesearchnet(work: Path, name: str, checkpoint: Path) -> dict[str, float]:
+def codesearchnet(work: Path, name: str, checkpoint: Path, precision: str) -> dict[str, float]:
     """MRR per language and averaged on the CodeSearchNet-style test sets (the towers table's settings)."""
-    scores = benchmark(work, name, checkpoint, "codesearchnet")
+    scores = benchmark(work, name, checkpoint, "codesearchnet", precision)
     return {key.split("/")[1]: round(value, 2) for key, value in scores.items() if key.endswith("/mrr")}
 
 
@@ -218,7 +220,8 @@ def scores(work: Path, name: str, checkpoint: Path | None, args: argparse.Namesp
     """The tower's own scores of a run: search, the valid split's MRR and top-1; code, CodeSearchNet MRR."""
     if args.tower == "search":
         return score(checkpoint, args.max_length, args.precision)
-    return {"codesearchnet": codesearchnet(work, name, checkpoint or untrained_checkpoint(work, args.tower))}
+    checkpoint = checkpoint or untrained_checkpoint(work, args.tower)
+    return {"codesearchnet": codesearchnet(work, name, checkpoint, args.precision)}
 
 
 def held_out(run_dir: Path) -> str:
@@ -248,7 +251,7 @@ def main() -> None:
     parser.add_argument(
         "--arguana",
         action="store_true",
-        help="also score BEIR ArguAna nDCG@10 (the towers table's settings: bf16, 128 tokens)",
+        help="also score BEIR ArguAna nDCG@10 (the towers table's settings: 128 tokens; in --precision)",
     )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
@@ -264,7 +267,8 @@ def main() -> None:
                 if name not in results:
                     results[name] = scores(work, name, None, args)
                 if args.arguana and "arguana" not in results[name]:
-                    results[name]["arguana"] = arguana(work, name, untrained_checkpoint(work, args.tower))
+                    untrained = untrained_checkpoint(work, args.tower)
+                    results[name]["arguana"] = arguana(work, name, untrained, args.precision)
                 (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
                 continue
             if name == "round-1":
@@ -280,7 +284,7 @@ def main() -> None:
                     row["mining_s"] = json.loads((work / f"mined-{name}" / "timing.json").read_text())["seconds"]
                 results[name] = row
             if args.arguana and "arguana" not in results[name]:
-                results[name]["arguana"] = arguana(work, name, checkpoint)
+                results[name]["arguana"] = arguana(work, name, checkpoint, args.precision)
             (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = report(work, args)
     (work / "report.md").write_text(table)

@@ -11,6 +11,10 @@ from typing import Any
 
 __all__ = ["Settings", "create_app"]
 
+# Tokens per packed sequence when the server runs a micro-batch padding-free (--pack-tokens); STS-B-length
+# micro-batches ran fastest at 256 of 128 / 256 / 512 (docs/serving.md).
+DEFAULT_PACK_TOKENS = 256
+
 
 def __getattr__(name: str) -> Any:
     if name in __all__:

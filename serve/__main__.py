@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from serve import DEFAULT_PACK_TOKENS
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__.splitlines()[0])
@@ -38,6 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--body-timeout-s", type=float, default=30.0, help="a body slower to arrive answers 408")
     parser.add_argument(
         "--graceful-shutdown-s", type=float, default=5.0, help="at shutdown, cancel requests still running after this"
+    )
+    parser.add_argument(
+        "--pack-tokens",
+        type=int,
+        default=DEFAULT_PACK_TOKENS,
+        help="torch backend: each micro-batch in one padding-free call, rows packed into sequences of at most this "
+        "many tokens (0: length chunks of padded rows, as the ONNX backends always run)",
     )
     parser.add_argument(
         "--call-overhead-tokens",
@@ -82,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         body_timeout_s=args.body_timeout_s,
         graceful_shutdown_s=args.graceful_shutdown_s,
         call_overhead_tokens=args.call_overhead_tokens,
+        pack_tokens=args.pack_tokens or None,
         **({"max_body_bytes": args.max_body_bytes} if args.max_body_bytes is not None else {}),
     )
     uvicorn.run(

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from serve import DEFAULT_PACK_TOKENS
 from serve.batching import BatcherClosed, MicroBatcher
 from serve.engine import EmbeddingEngine, Row
 from serve.errors import OVERLOADED, OpenAIError, install_error_handlers
@@ -88,8 +89,11 @@ class Settings:
         body_timeout_s: a request body that takes longer to arrive answers 408.
         graceful_shutdown_s: at shutdown, requests still running after this long are cancelled
             (uvicorn's ``timeout_graceful_shutdown``; used by ``python -m serve``).
-        call_overhead_tokens: padded tokens one forward call is worth when a micro-batch is cut
-            into length chunks (:func:`serve.engine.length_chunks`); ``None``: measured at start
+        pack_tokens: torch backend: each micro-batch runs as one padding-free forward call, its
+            rows packed into sequences of at most this many tokens (:attr:`EmbeddingEngine.pack_tokens`);
+            ``None`` or 0 (and the ONNX backends, whose graphs take padded rows): length chunks.
+        call_overhead_tokens: with length chunks, padded tokens one forward call is worth when a
+            micro-batch is cut (:func:`serve.engine.length_chunks`); ``None``: measured at start
             (:meth:`EmbeddingEngine.measure_call_overhead`); 0: padding alone decides.
     """
 
@@ -110,6 +114,7 @@ class Settings:
     body_timeout_s: float = 30.0
     graceful_shutdown_s: float = 5.0
     call_overhead_tokens: float | None = 0.0
+    pack_tokens: int | None = DEFAULT_PACK_TOKENS
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.body_timeout_s <= 0 or self.graceful_shutdown_s < 0:
@@ -148,7 +153,9 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
                 settings.backend,
                 settings.torch_threads,
             )
-        if settings.call_overhead_tokens is None:
+        if settings.pack_tokens and served.supports_packing:
+            served.pack_tokens = settings.pack_tokens
+        elif settings.call_overhead_tokens is None:
             overhead = await asyncio.to_thread(served.measure_call_overhead)
             logger.info("one forward call measured as worth %.1f padded tokens (length chunks)", overhead)
         else:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from models import DecoderEmbedder
+from models.packing import tight_capacity
 from models.precision import PRECISIONS, inference_autocast
 from models.tokenization import body_ids, delimit_ids, delimiter_ids, pad_id_of, pad_rows
 
@@ -43,12 +44,16 @@ class EmbeddingEngine:
         precision: ``fp32``, or ``bf16`` (``torch.autocast``: faster on GPUs and AVX512-BF16 CPUs;
             the same setting as the evaluation harness's ``source.precision``).
 
-    ``call_overhead_tokens`` (default 0) is the fixed cost of one forward call expressed in
-    padded tokens; :meth:`run` pays that much padding to save a call (see :func:`length_chunks`),
-    and :meth:`measure_call_overhead` sets it from timed calls on this machine.
+    ``pack_tokens`` (torch backend): when set, :meth:`run` makes one padding-free forward call
+    per micro-batch, the rows packed end to end into sequences of at most that many tokens, each
+    row attending only to itself (:mod:`models.packing`, as training's ``trainer.packing``).
+    Otherwise rows run in length chunks: ``call_overhead_tokens`` (default 0) is the fixed cost of
+    one forward call expressed in padded tokens; :meth:`run` pays that much padding to save a call
+    (see :func:`length_chunks`), and :meth:`measure_call_overhead` sets it from timed calls.
     """
 
     call_overhead_tokens: float = 0.0
+    pack_tokens: int | None = None
 
     def __init__(
         self, model: DecoderEmbedder, name: str, max_length: int = 512, device: str = "cpu", precision: str = "fp32"
@@ -104,6 +109,11 @@ class EmbeddingEngine:
         tower = OnnxTower(folder, int8=backend == "onnx-int8", threads=threads)
         return cls(tower, name, max_length, device, precision)  # type: ignore[arg-type]
 
+    @property
+    def supports_packing(self) -> bool:
+        """Whether the model runs packed rows (our torch embedder; the ONNX graphs take padded rows)."""
+        return isinstance(self.model, DecoderEmbedder)
+
     def side_of(self, model_name: str) -> str | None:
         return self.model_names.get(model_name)
 
@@ -135,17 +145,26 @@ class EmbeddingEngine:
     def run(self, rows: list[Row]) -> list[torch.Tensor]:
         """Embed a batch of rows; returns one (D,) float32 CPU tensor per row, in row order.
 
-        Rows are sorted by length and run in chunks of similar length (see :func:`length_chunks`),
-        so a micro-batch of mixed lengths does not pay for padding every row to the longest.
+        With ``pack_tokens`` the rows run packed in one call; otherwise they are sorted by length
+        and run in chunks of similar length (see :func:`length_chunks`), so a micro-batch of mixed
+        lengths does not pay for padding every row to the longest.
         """
         out: list[torch.Tensor | None] = [None] * len(rows)
-        for chunk in length_chunks([len(row.ids) for row in rows], PADDING_SLACK, self.call_overhead_tokens):
+        if self.pack_tokens is not None:
+            chunks = [list(range(len(rows)))]
+        else:
+            chunks = length_chunks([len(row.ids) for row in rows], PADDING_SLACK, self.call_overhead_tokens)
+        for chunk in chunks:
             batch = pad_rows([rows[i].ids for i in chunk], self._pad_id, self.model.padding_side)
+            packing = {}
+            if self.pack_tokens is not None:
+                packing["pack_tokens"] = tight_capacity([len(rows[i].ids) for i in chunk], self.pack_tokens)
             with self._autocast():
                 embeddings = self.model(
                     batch["input_ids"].to(self.device),
                     batch["attention_mask"].to(self.device),
                     [rows[i].side for i in chunk],
+                    **packing,
                 )  # (B, D)
             for i, vector in zip(chunk, embeddings.float().cpu().unbind(0), strict=True):
                 out[i] = vector

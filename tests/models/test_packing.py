@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import DecoderEmbedder
-from models.packing import block_causal_mask, first_fit_decreasing, pack_rows
+from models.packing import block_causal_mask, first_fit_decreasing, pack_rows, tight_capacity
 from tests.conftest import DECODER_FAMILIES, TINY_LLAMA, TWO_SIDES
 
 TEXTS = [
@@ -37,6 +37,18 @@ def test_first_fit_decreasing_fills_bins_within_capacity() -> None:
     assert all(sum(lengths[i] for i in b) <= 10 for b in bins if b != [5])
     assert bins == [[5], [1, 6], [3, 2], [0, 4]]  # lengths 12 | 9+1 | 7+3 | 5+2
     assert first_fit_decreasing([], 4) == []
+
+
+def test_a_tight_capacity_packs_into_as_few_narrow_sequences_as_the_limit_allows() -> None:
+    assert tight_capacity([15], 256) == 15  # one row: no padding tail
+    assert tight_capacity([15] * 8, 256) == 120  # one sequence, as wide as the rows
+    lengths = [20, 15, 30, 12] * 8  # 616 tokens: three sequences of <= 256
+    capacity = tight_capacity(lengths, 256)
+    assert max(lengths) <= capacity <= 256 and len(first_fit_decreasing(lengths, capacity)) <= 4
+    assert capacity < 256  # narrower than the limit: the last sequence is not mostly padding
+    assert tight_capacity([300, 10], 256) == 300  # never narrower than the longest row
+    with pytest.raises(ValueError, match="capacity"):
+        tight_capacity([5], 0)
 
 
 def test_pack_rows_lays_real_tokens_end_to_end_with_restarting_positions() -> None:

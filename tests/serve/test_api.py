@@ -241,7 +241,7 @@ def test_cli_flags_and_missing_key_env(monkeypatch):
         main(["--model", "m", "--api-key-env", "CPT_TEST_NO_SUCH_KEY"])
 
 
-def test_call_overhead_is_measured_at_start_unless_given(monkeypatch):
+def test_micro_batches_are_packed_by_default_else_the_call_overhead_is_measured_unless_given(monkeypatch):
     from serve.__main__ import parse_args
     from tests.serve.conftest import build_engine
 
@@ -255,10 +255,16 @@ def test_call_overhead_is_measured_at_start_unless_given(monkeypatch):
     def health(client):
         return client.get("/health")
 
-    run_with_client(create_app(Settings(call_overhead_tokens=None), engine=engine), health)
+    run_with_client(create_app(Settings(call_overhead_tokens=None, pack_tokens=None), engine=engine), health)
     assert measured == [1]
-    run_with_client(create_app(Settings(call_overhead_tokens=30.0), engine=engine), health)
+    run_with_client(create_app(Settings(call_overhead_tokens=30.0, pack_tokens=None), engine=engine), health)
     assert measured == [1] and engine.call_overhead_tokens == 30.0
+    assert engine.pack_tokens is None
+    from serve import DEFAULT_PACK_TOKENS
+
+    assert parse_args(["--model", "m"]).pack_tokens == DEFAULT_PACK_TOKENS
+    run_with_client(create_app(Settings(call_overhead_tokens=None), engine=engine), health)
+    assert measured == [1] and engine.pack_tokens == DEFAULT_PACK_TOKENS  # packed micro-batches need no chunk cost
 
 
 def test_create_app_needs_a_model():

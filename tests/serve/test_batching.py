@@ -238,3 +238,23 @@ def test_a_small_request_joins_the_next_batch_not_the_end_of_a_large_one():
     assert any(1000 in batch for batch in recorder.batches[:3])
     order = [row for batch in recorder.batches for row in batch if row != 1000]
     assert order == list(range(40))  # a request's own rows keep their order
+
+
+def test_a_packed_micro_batch_runs_in_one_call_with_the_vectors_of_length_chunks(tiny_embedder, monkeypatch):
+    import torch
+
+    from serve.engine import EmbeddingEngine
+
+    engine = EmbeddingEngine(tiny_embedder, "tiny", max_length=64)
+    texts = ["short", "a somewhat longer sentence than that", "x " * 40, "mid length text here", "y"]
+    sides = ["query", "doc", "query", "doc", "query"]  # a micro-batch may mix sides
+    rows = [engine.row(side, body) for side, body in zip(sides, engine.tokenize(texts), strict=True)]
+    chunked = torch.stack(engine.run(rows))
+    calls = []
+    forward = engine.model.forward
+    monkeypatch.setattr(engine.model, "forward", lambda *a, **k: calls.append(k) or forward(*a, **k))
+    engine.pack_tokens = 16  # narrower than the 42-token row: it gets a sequence of its own
+    packed = torch.stack(engine.run(rows))
+    assert len(calls) == 1 and calls[0]["pack_tokens"] >= 42
+    torch.testing.assert_close(packed, chunked, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(engine.run(rows[:1])), chunked[:1], atol=1e-5, rtol=0)
