@@ -55,8 +55,10 @@ def mining_targets(work: Path, name: str, args: argparse.Namespace) -> dict[str,
 
 def sample_sizes(args: argparse.Namespace) -> dict[str, int | None]:
     """``--sample`` rows shared among the code sets in proportion to their train rows (None: every row)."""
-    if args.tower == "search" or args.sample is None:
-        return {dataset: None for dataset in mining_targets(Path("."), "-", args)}
+    if args.tower == "search":
+        return {"text-search": None}
+    if args.sample is None:
+        return dict.fromkeys(CODE_SETS)
     from pairdata.trainsets import built
 
     rows = {dataset: len(built(dataset, "train")) for dataset in CODE_SETS}

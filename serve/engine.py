@@ -150,15 +150,13 @@ class EmbeddingEngine:
         lengths does not pay for padding every row to the longest.
         """
         out: list[torch.Tensor | None] = [None] * len(rows)
+        lengths = [len(row.ids) for row in rows]
         if self.pack_tokens is not None:
-            chunks = [list(range(len(rows)))]
+            chunks, packing = [list(range(len(rows)))], {"pack_tokens": tight_capacity(lengths, self.pack_tokens)}
         else:
-            chunks = length_chunks([len(row.ids) for row in rows], PADDING_SLACK, self.call_overhead_tokens)
+            chunks, packing = length_chunks(lengths, PADDING_SLACK, self.call_overhead_tokens), {}
         for chunk in chunks:
             batch = pad_rows([rows[i].ids for i in chunk], self._pad_id, self.model.padding_side)
-            packing = {}
-            if self.pack_tokens is not None:
-                packing["pack_tokens"] = tight_capacity([len(rows[i].ids) for i in chunk], self.pack_tokens)
             with self._autocast():
                 embeddings = self.model(
                     batch["input_ids"].to(self.device),
