@@ -11,8 +11,8 @@ from typing import Any
 
 __all__ = ["Settings", "create_app"]
 
-# Tokens per packed sequence when the server runs a micro-batch padding-free (--pack-tokens); STS-B-length
-# micro-batches ran fastest at 256 of 128 / 256 / 512 (docs/serving.md).
+# Tokens per packed sequence when the server runs a micro-batch padding-free (--pack-tokens). An engine probe of
+# 8- and 32-row STS-B micro-batches (run beside a data build, so a direction only) had 128 / 256 / 512 within noise.
 DEFAULT_PACK_TOKENS = 256
 
 
