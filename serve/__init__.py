@@ -14,6 +14,8 @@ __all__ = ["Settings", "create_app"]
 # Tokens per packed sequence when the server runs a micro-batch padding-free (--pack-tokens). An engine probe of
 # 8- and 32-row STS-B micro-batches (run beside a data build, so a direction only) had 128 / 256 / 512 within noise.
 DEFAULT_PACK_TOKENS = 256
+# How long a micro-batch may wait for keep-alive clients it has just answered (serve.batching.ReturningClients).
+DEFAULT_RETURN_WAIT_MS = 50.0
 
 
 def __getattr__(name: str) -> Any:

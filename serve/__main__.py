@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from serve import DEFAULT_PACK_TOKENS
+from serve import DEFAULT_PACK_TOKENS, DEFAULT_RETURN_WAIT_MS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-key-env", default=None, help="environment variable holding the bearer API key")
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per micro-batch")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more rows after a batch's first")
+    parser.add_argument(
+        "--return-wait-ms",
+        type=float,
+        default=DEFAULT_RETURN_WAIT_MS,
+        help="a batch also waits up to this long for keep-alive clients just answered that are expected back; 0: never",
+    )
     parser.add_argument("--max-batch-size", type=int, default=256, help="rows per micro-batch")
     parser.add_argument("--max-queued-rows", type=int, default=65536, help="queued rows beyond this answer 429")
     parser.add_argument("--max-length", type=int, default=512, help="longest row the model runs, delimiters included")
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         api_key=api_key,
         max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms,
+        return_wait_ms=args.return_wait_ms,
         max_batch_size=args.max_batch_size,
         max_queued_rows=args.max_queued_rows,
         max_length=args.max_length,

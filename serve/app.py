@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from serve import DEFAULT_PACK_TOKENS
+from serve import DEFAULT_PACK_TOKENS, DEFAULT_RETURN_WAIT_MS
 from serve.batching import BatcherClosed, MicroBatcher
 from serve.engine import EmbeddingEngine, Row
 from serve.errors import OVERLOADED, OpenAIError, install_error_handlers
@@ -74,6 +75,8 @@ class Settings:
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         max_batch_tokens: padded tokens (rows x longest row) of one micro-batch.
         max_wait_ms: how long a micro-batch waits for more rows after its first.
+        return_wait_ms: how long, at most, a micro-batch waits for keep-alive clients just answered
+            that are expected back (:class:`serve.batching.ReturningClients`); 0: never.
         max_batch_size: rows of one micro-batch.
         max_queued_rows: rows waiting beyond this answer 429 (overload).
         max_length: longest row the model runs, delimiters included.
@@ -102,6 +105,7 @@ class Settings:
     api_key: str | None = None
     max_batch_tokens: int = 16384
     max_wait_ms: float = 5.0
+    return_wait_ms: float = DEFAULT_RETURN_WAIT_MS
     max_batch_size: int = 256
     max_queued_rows: int = 65536
     max_length: int = 512
@@ -166,6 +170,7 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_ms=settings.max_wait_ms,
             max_batch_size=settings.max_batch_size,
+            return_wait_ms=settings.return_wait_ms,
         )
         batcher.start()
         metrics.queued_rows.set_function(lambda: batcher.queued)
@@ -249,7 +254,7 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
         dependencies=security,
         responses=error_responses(400, 404, 429, *v1_route),
     )
-    async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+    async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
         served, batcher = ready(request)
         side = served.side_of(body.model)
         if side is None:
@@ -271,7 +276,8 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
             raise OpenAIError(429, "the server is overloaded; retry later", type=OVERLOADED, code="overloaded")
         rows = [served.row(side, ids) for ids in bodies]
         try:
-            vectors = await batcher.submit(rows)
+            connection = (request.client.host, request.client.port) if request.client else None
+            vectors = await batcher.submit(rows, client=connection)
         except BatcherClosed:
             raise OpenAIError(503, "the server is shutting down", type=OVERLOADED, code="unavailable") from None
         matrix = torch.stack(vectors).numpy()  # (N, D)
@@ -285,14 +291,15 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
             embeddings = matrix.tolist()
         tokens = sum(len(row.ids) for row in rows)
         request.scope[ACCESS_KEY] = {"model": body.model, "inputs": len(rows), "tokens": tokens}
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)],
-                "model": body.model,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
-        )
+        answer = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)],
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        # orjson writes the same numbers as json.dumps (shortest float64 repr) about 20x faster: 0.5 ms
+        # per 576-float answer with json, on the event loop that every other request waits for.
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     def openapi() -> dict[str, Any]:
         """The OpenAPI document; once the model is loaded it carries the model's bounds and is kept."""

@@ -2,11 +2,19 @@
 
 One asyncio worker task collects rows until the padded batch would exceed ``max_batch_tokens``
 (rows x longest row), ``max_batch_size`` rows are taken, or ``max_wait_ms`` has passed since its
-first row was taken. Rows are taken one request at a time in turn (each request's rows in order),
-so a small request that arrives while a 2048-input one is being processed joins the next batch
-instead of waiting behind all of its rows. The batch runs in a
-single-thread executor, so the event loop keeps accepting requests while the model works and
-rows that arrive meanwhile form the next batch. A row longer than ``max_batch_tokens`` runs alone.
+first row was taken. It waits longer, up to ``return_wait_ms``, while a client it has just
+answered is expected back (:class:`ReturningClients`): a keep-alive connection that has sent
+before and came back quickly last time. Without that wait, closed-loop clients (N workers
+each sending the next request when the last is answered, as indexing jobs and evaluation
+harnesses do) settle into two half-size batches that alternate, each paying a full forward call,
+with the HTTP work of one half stealing cores from the model running the other; waiting a few
+milliseconds for the returning half makes one batch of all N.
+
+Rows are taken one request at a time in turn (each request's rows in order), so a small request
+that arrives while a 2048-input one is being processed joins the next batch instead of waiting
+behind all of its rows. The batch runs in a single-thread executor, so the event loop keeps
+accepting requests while the model works and rows that arrive meanwhile form the next batch. A
+row longer than ``max_batch_tokens`` runs alone.
 
 ``close()`` stops new submissions and returns once every queued row has been answered, which is
 what makes shutdown finish in-flight requests.
@@ -17,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -38,6 +46,60 @@ class _Pending(Generic[Row]):
     row: Row
     length: int
     future: asyncio.Future = field(repr=False)
+    request: _Request = field(repr=False)
+
+
+@dataclass
+class _Request(Generic[Row]):
+    """One submission: its rows still queued, how many are unanswered, and who sent it."""
+
+    client: Hashable | None
+    unanswered: int
+    rows: deque[_Pending[Row]] = field(default_factory=deque)
+
+
+class ReturningClients:
+    """Which clients the batcher has just answered and expects to send again within a few milliseconds.
+
+    A client is a connection (``(host, port)``): a keep-alive connection sends its requests one
+    after another. After its answer a client is expected back within twice its last gap (answer to
+    next request) plus a millisecond, if that gap was at most ``horizon_s``; a connection on its
+    first request has no gap yet, so clients that open a connection per request are never waited
+    for, nor are clients whose requests come further apart than the horizon. The gaps of the most
+    recent ``capacity`` clients are remembered.
+    """
+
+    def __init__(self, horizon_s: float, capacity: int = 4096) -> None:
+        self.horizon_s = horizon_s
+        self.capacity = capacity
+        self._gaps: OrderedDict[Hashable, float | None] = OrderedDict()  # most recent last
+        self._answered: dict[Hashable, float] = {}  # answered, not back yet: when
+        self._due: dict[Hashable, float] = {}  # of those, the ones expected back: by when
+
+    def arrived(self, client: Hashable, now: float) -> None:
+        answered = self._answered.pop(client, None)
+        self._due.pop(client, None)
+        gap = now - answered if answered is not None else self._gaps.get(client)
+        self._gaps.pop(client, None)
+        self._gaps[client] = gap
+        while len(self._gaps) > self.capacity:
+            forgotten, _ = self._gaps.popitem(last=False)
+            self._answered.pop(forgotten, None)
+            self._due.pop(forgotten, None)
+
+    def answered(self, client: Hashable, now: float) -> None:
+        if client not in self._gaps:
+            return
+        self._answered[client] = now
+        gap = self._gaps[client]
+        if gap is not None and gap <= self.horizon_s:
+            self._due[client] = now + min(2 * gap + 0.001, self.horizon_s)
+
+    def expected_until(self, now: float) -> float:
+        """The latest time a client still expected back is due by (-inf: none is); forgets the overdue."""
+        for client in [client for client, due in self._due.items() if due <= now]:
+            del self._due[client]
+        return max(self._due.values(), default=float("-inf"))
 
 
 @dataclass
@@ -58,6 +120,8 @@ class MicroBatcher(Generic[Row, Result]):
         max_batch_tokens: upper bound on ``rows x longest row`` of one batch.
         max_wait_ms: how long to wait for more rows after the first one of a batch.
         max_batch_size: upper bound on the rows of one batch.
+        return_wait_ms: how long, at most, a batch waits for clients just answered that are
+            expected back (see :class:`ReturningClients`); 0: never.
     """
 
     def __init__(
@@ -67,19 +131,22 @@ class MicroBatcher(Generic[Row, Result]):
         max_batch_tokens: int = 16384,
         max_wait_ms: float = 5.0,
         max_batch_size: int = 256,
+        return_wait_ms: float = 0.0,
     ) -> None:
-        if max_batch_tokens < 1 or max_batch_size < 1 or max_wait_ms < 0:
+        if max_batch_tokens < 1 or max_batch_size < 1 or max_wait_ms < 0 or return_wait_ms < 0:
             raise ValueError(
-                "need max_batch_tokens >= 1, max_batch_size >= 1 and max_wait_ms >= 0, got "
-                f"{max_batch_tokens}, {max_batch_size}, {max_wait_ms}"
+                "need max_batch_tokens >= 1, max_batch_size >= 1, max_wait_ms >= 0 and return_wait_ms >= 0, got "
+                f"{max_batch_tokens}, {max_batch_size}, {max_wait_ms}, {return_wait_ms}"
             )
         self._run_batch = run_batch
         self._length_of = length_of
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_batch_size = max_batch_size
+        self.return_wait_s = return_wait_ms / 1000.0
+        self.clients = ReturningClients(self.return_wait_s)
         self.stats = BatchStats()
-        self._requests: deque[deque[_Pending[Row]]] = deque()  # one queue per request, served in turn
+        self._requests: deque[_Request[Row]] = deque()  # one queue per request, served in turn
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -114,19 +181,27 @@ class MicroBatcher(Generic[Row, Result]):
 
     @property
     def queued(self) -> int:
-        return sum(len(rows) for rows in self._requests)
+        return sum(len(request.rows) for request in self._requests)
 
     # ---- submission ---------------------------------------------------------------------------
 
-    async def submit(self, rows: Sequence[Row]) -> list[Result]:
-        """Queue rows and wait for their results, in order."""
+    async def submit(self, rows: Sequence[Row], client: Hashable | None = None) -> list[Result]:
+        """Queue rows and wait for their results, in order.
+
+        ``client``: the connection the rows came on (``(host, port)``), so the batcher can wait
+        for clients it expects back (see :class:`ReturningClients`); None: not tracked.
+        """
         if not self.running:
             raise BatcherClosed("the server is shutting down")
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
-        pending = [_Pending(row, self._length_of(row), loop.create_future()) for row in rows]
+        request: _Request[Row] = _Request(client if self.return_wait_s > 0 else None, len(rows))
+        pending = [_Pending(row, self._length_of(row), loop.create_future(), request) for row in rows]
+        if request.client is not None:
+            self.clients.arrived(request.client, time.monotonic())
         if pending:
-            self._requests.append(deque(pending))
+            request.rows.extend(pending)
+            self._requests.append(request)
         self._wakeup.set()
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
@@ -163,14 +238,18 @@ class MicroBatcher(Generic[Row, Result]):
             self.stats.batches += 1
             self.stats.rows += len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            answered = time.monotonic()
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+                p.request.unanswered -= 1
+                if p.request.unanswered == 0 and p.request.client is not None:
+                    self.clients.answered(p.request.client, answered)
 
     def _head(self) -> deque[_Pending[Row]] | None:
         """The queue of the request whose turn it is, with its cancelled rows dropped; None when all are empty."""
         while self._requests:
-            rows = self._requests[0]
+            rows = self._requests[0].rows
             while rows and rows[0].future.done():  # cancelled by its request
                 rows.popleft()
             if rows:
@@ -179,11 +258,15 @@ class MicroBatcher(Generic[Row, Result]):
         return None
 
     async def _collect(self) -> list[_Pending[Row]]:
-        """Take rows, a request at a time in turn, within the token and size budgets, waiting up to ``max_wait_ms``."""
+        """Take rows, a request at a time in turn, within the token and size budgets.
+
+        Waits up to ``max_wait_ms`` after the first row for any more, and up to ``return_wait_ms``
+        while a client just answered is expected back.
+        """
         assert self._wakeup is not None
         batch: list[_Pending[Row]] = []
         longest = 0
-        deadline = time.monotonic() + self.max_wait_s
+        started = time.monotonic()
         while True:
             while (rows := self._head()) is not None:
                 head = rows[0]
@@ -193,7 +276,11 @@ class MicroBatcher(Generic[Row, Result]):
                 batch.append(rows.popleft())
                 longest = width
                 self._requests.rotate(-1)  # the next request's turn
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            deadline = started + self.max_wait_s
+            if self.return_wait_s > 0:
+                deadline = max(deadline, min(started + self.return_wait_s, self.clients.expected_until(now)))
+            remaining = deadline - now
             if self._closing or remaining <= 0 or not batch:
                 return batch
             self._wakeup.clear()

@@ -236,6 +236,10 @@ def test_cli_flags_and_missing_key_env(monkeypatch):
 
     args = parse_args(["--model", "m", "--max-batch-tokens", "99", "--max-wait-ms", "2.5", "--api-key-env", "K"])
     assert (args.model, args.max_batch_tokens, args.max_wait_ms, args.api_key_env) == ("m", 99, 2.5, "K")
+    from serve import DEFAULT_RETURN_WAIT_MS
+
+    assert parse_args(["--model", "m"]).return_wait_ms == DEFAULT_RETURN_WAIT_MS == Settings().return_wait_ms
+    assert parse_args(["--model", "m", "--return-wait-ms", "0"]).return_wait_ms == 0.0
     monkeypatch.delenv("CPT_TEST_NO_SUCH_KEY", raising=False)
     with pytest.raises(SystemExit, match="CPT_TEST_NO_SUCH_KEY"):
         main(["--model", "m", "--api-key-env", "CPT_TEST_NO_SUCH_KEY"])
@@ -343,3 +347,19 @@ def test_threads_tokenize_at_once_with_the_same_ids(engine):
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda _: engine.tokenize(texts), range(16)))
     assert all(result == want for result in results)
+
+
+def test_the_batcher_learns_each_request_s_connection():
+    from tests.serve.conftest import build_engine
+
+    app = create_app(Settings(), engine=build_engine())
+
+    async def body(client):
+        seen = []
+        submit = app.state.batcher.submit
+        app.state.batcher.submit = lambda rows, client=None: seen.append(client) or submit(rows, client=client)
+        response = await client.post("/v1/embeddings", json={"input": "hello", "model": f"{NAME}-query"})
+        return response.status_code, seen
+
+    status, seen = run_with_client(app, body)
+    assert status == 200 and seen == [("127.0.0.1", 123)]  # httpx's ASGITransport's client address
