@@ -48,7 +48,7 @@ SIDES = {
     "doc": {"open_token": "<|doc|>", "close_token": "<|/doc|>"},
 }
 SERVED_NAME = "bench"
-APPS = ("ours", "ours-chunks", "ours-onnx", "ours-bf16", "infinity", "infinity-bf16", "naive")
+APPS = ("ours", "ours-chunks", "ours-noreturn", "ours-onnx", "ours-bf16", "infinity", "infinity-bf16", "naive")
 STSB_TEST = REPO_ROOT.parent / "shared" / "data" / "senteval" / "STS" / "STSBenchmark" / "sts-test.csv"
 
 
@@ -206,6 +206,8 @@ def serving(
         ]
         if app == "ours-chunks":  # micro-batches in padded length chunks, as before packing was the default
             command += ["--pack-tokens", "0"]
+        if app == "ours-noreturn":  # no wait for clients just answered, as before --return-wait-ms
+            command += ["--return-wait-ms", "0"]
     else:
         command = [__file__, "naive-app", str(st_folder), "--torch-threads", threads]
     with (log_dir / f"{app}.log").open("w") as log:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from serve import DEFAULT_PACK_TOKENS, DEFAULT_RETURN_WAIT_MS
+from serve import DEFAULT_PACK_TOKENS, DEFAULT_RETURN_WAIT_MS, DEFAULT_RETURN_WAIT_TOKENS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_RETURN_WAIT_MS,
         help="a batch also waits up to this long for keep-alive clients just answered that are expected back; 0: never",
+    )
+    parser.add_argument(
+        "--return-wait-tokens",
+        type=int,
+        default=DEFAULT_RETURN_WAIT_TOKENS,
+        help="a micro-batch with this many real tokens stops waiting for clients expected back",
     )
     parser.add_argument("--max-batch-size", type=int, default=256, help="rows per micro-batch")
     parser.add_argument("--max-queued-rows", type=int, default=65536, help="queued rows beyond this answer 429")
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms,
         return_wait_ms=args.return_wait_ms,
+        return_wait_tokens=args.return_wait_tokens,
         max_batch_size=args.max_batch_size,
         max_queued_rows=args.max_queued_rows,
         max_length=args.max_length,

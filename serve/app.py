@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from serve import DEFAULT_PACK_TOKENS, DEFAULT_RETURN_WAIT_MS
+from serve import DEFAULT_PACK_TOKENS, DEFAULT_RETURN_WAIT_MS, DEFAULT_RETURN_WAIT_TOKENS
 from serve.batching import BatcherClosed, MicroBatcher
 from serve.engine import EmbeddingEngine, Row
 from serve.errors import OVERLOADED, OpenAIError, install_error_handlers
@@ -77,6 +77,7 @@ class Settings:
         max_wait_ms: how long a micro-batch waits for more rows after its first.
         return_wait_ms: how long, at most, a micro-batch waits for keep-alive clients just answered
             that are expected back (:class:`serve.batching.ReturningClients`); 0: never.
+        return_wait_tokens: a micro-batch with this many real tokens stops waiting for them.
         max_batch_size: rows of one micro-batch.
         max_queued_rows: rows waiting beyond this answer 429 (overload).
         max_length: longest row the model runs, delimiters included.
@@ -106,6 +107,7 @@ class Settings:
     max_batch_tokens: int = 16384
     max_wait_ms: float = 5.0
     return_wait_ms: float = DEFAULT_RETURN_WAIT_MS
+    return_wait_tokens: int = DEFAULT_RETURN_WAIT_TOKENS
     max_batch_size: int = 256
     max_queued_rows: int = 65536
     max_length: int = 512
@@ -171,6 +173,7 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
             max_wait_ms=settings.max_wait_ms,
             max_batch_size=settings.max_batch_size,
             return_wait_ms=settings.return_wait_ms,
+            return_wait_tokens=settings.return_wait_tokens,
         )
         batcher.start()
         metrics.queued_rows.set_function(lambda: batcher.queued)

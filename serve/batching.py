@@ -122,6 +122,10 @@ class MicroBatcher(Generic[Row, Result]):
         max_batch_size: upper bound on the rows of one batch.
         return_wait_ms: how long, at most, a batch waits for clients just answered that are
             expected back (see :class:`ReturningClients`); 0: never.
+        return_wait_tokens: a batch with this many real tokens stops waiting for them: past it a
+            forward call costs about the same per token whatever the batch size, so more rows
+            would not pay for the model idling meanwhile (on 2 CPU cores, SmolLM2-135M ran 11 /
+            30 / 35 / 44 / 49 rows/s at 1 / 4 / 8 / 16 / 32 rows of ~15 tokens).
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class MicroBatcher(Generic[Row, Result]):
         max_wait_ms: float = 5.0,
         max_batch_size: int = 256,
         return_wait_ms: float = 0.0,
+        return_wait_tokens: int = 256,
     ) -> None:
         if max_batch_tokens < 1 or max_batch_size < 1 or max_wait_ms < 0 or return_wait_ms < 0:
             raise ValueError(
@@ -144,6 +149,7 @@ class MicroBatcher(Generic[Row, Result]):
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_batch_size = max_batch_size
         self.return_wait_s = return_wait_ms / 1000.0
+        self.return_wait_tokens = return_wait_tokens
         self.clients = ReturningClients(self.return_wait_s)
         self.stats = BatchStats()
         self._requests: deque[_Request[Row]] = deque()  # one queue per request, served in turn
@@ -261,11 +267,11 @@ class MicroBatcher(Generic[Row, Result]):
         """Take rows, a request at a time in turn, within the token and size budgets.
 
         Waits up to ``max_wait_ms`` after the first row for any more, and up to ``return_wait_ms``
-        while a client just answered is expected back.
+        while a client just answered is expected back and the batch is under ``return_wait_tokens``.
         """
         assert self._wakeup is not None
         batch: list[_Pending[Row]] = []
-        longest = 0
+        longest = real = 0
         started = time.monotonic()
         while True:
             while (rows := self._head()) is not None:
@@ -274,11 +280,11 @@ class MicroBatcher(Generic[Row, Result]):
                 if batch and (width * (len(batch) + 1) > self.max_batch_tokens or len(batch) >= self.max_batch_size):
                     return batch
                 batch.append(rows.popleft())
-                longest = width
+                longest, real = width, real + head.length
                 self._requests.rotate(-1)  # the next request's turn
             now = time.monotonic()
             deadline = started + self.max_wait_s
-            if self.return_wait_s > 0:
+            if self.return_wait_s > 0 and real < self.return_wait_tokens:
                 deadline = max(deadline, min(started + self.return_wait_s, self.clients.expected_until(now)))
             remaining = deadline - now
             if self._closing or remaining <= 0 or not batch:

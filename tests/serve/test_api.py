@@ -240,6 +240,7 @@ def test_cli_flags_and_missing_key_env(monkeypatch):
 
     assert parse_args(["--model", "m"]).return_wait_ms == DEFAULT_RETURN_WAIT_MS == Settings().return_wait_ms
     assert parse_args(["--model", "m", "--return-wait-ms", "0"]).return_wait_ms == 0.0
+    assert parse_args(["--model", "m", "--return-wait-tokens", "4096"]).return_wait_tokens == 4096
     monkeypatch.delenv("CPT_TEST_NO_SUCH_KEY", raising=False)
     with pytest.raises(SystemExit, match="CPT_TEST_NO_SUCH_KEY"):
         main(["--model", "m", "--api-key-env", "CPT_TEST_NO_SUCH_KEY"])

@@ -211,12 +211,18 @@ def test_returning_clients_are_remembered_up_to_the_capacity():
     assert len(clients._gaps) == 2 and "c" in clients._due and "b" not in clients._due
 
 
-def closed_loop(return_wait_ms: float, cycles: int = 6) -> list[list[int]]:
+def closed_loop(return_wait_ms: float, cycles: int = 6, return_wait_tokens: int = 256) -> list[list[int]]:
     """Two keep-alive clients, each sending its next request 20 ms after an answer, the second starting 40 ms late."""
     recorder = Recorder(delay=0.1)
 
     async def main():
-        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_wait_ms=0, return_wait_ms=return_wait_ms)
+        batcher = MicroBatcher(
+            recorder,
+            length_of=lambda row: 1,
+            max_wait_ms=0,
+            return_wait_ms=return_wait_ms,
+            return_wait_tokens=return_wait_tokens,
+        )
         batcher.start()
 
         async def client(name: str, start: float) -> None:
@@ -238,6 +244,8 @@ def test_clients_just_answered_are_waited_for_so_closed_loop_batches_merge():
     assert max(len(batch) for batch in closed_loop(return_wait_ms=0)) == 1
     merged = closed_loop(return_wait_ms=500)
     assert sum(sorted(batch) == [1, 2] for batch in merged) >= 3  # measured: 4 of 8 batches for the 12 requests
+    # a batch that already holds return_wait_tokens real tokens (here its first 1-token row) runs at once
+    assert max(len(batch) for batch in closed_loop(return_wait_ms=500, return_wait_tokens=1)) == 1
 
 
 def test_a_connection_per_request_is_never_waited_for():
