@@ -66,7 +66,8 @@ class ReturningClients:
     next request) plus a millisecond, if that gap was at most ``horizon_s``; a connection on its
     first request has no gap yet, so clients that open a connection per request are never waited
     for, nor are clients whose requests come further apart than the horizon. The gaps of the most
-    recent ``capacity`` clients are remembered.
+    recent ``capacity`` clients are remembered. ``last_unexpected`` is when a request last came
+    that was not expected (a first request, a slow or overdue client, or one of no known client).
     """
 
     def __init__(self, horizon_s: float, capacity: int = 4096) -> None:
@@ -75,10 +76,15 @@ class ReturningClients:
         self._gaps: OrderedDict[Hashable, float | None] = OrderedDict()  # most recent last
         self._answered: dict[Hashable, float] = {}  # answered, not back yet: when
         self._due: dict[Hashable, float] = {}  # of those, the ones expected back: by when
+        self.last_unexpected = float("-inf")
 
-    def arrived(self, client: Hashable, now: float) -> None:
+    def arrived(self, client: Hashable | None, now: float) -> None:
+        if client is None:
+            self.last_unexpected = now
+            return
         answered = self._answered.pop(client, None)
-        self._due.pop(client, None)
+        if self._due.pop(client, float("-inf")) < now:
+            self.last_unexpected = now
         gap = now - answered if answered is not None else self._gaps.get(client)
         self._gaps.pop(client, None)
         self._gaps[client] = gap
@@ -126,6 +132,11 @@ class MicroBatcher(Generic[Row, Result]):
             forward call costs about the same per token whatever the batch size, so more rows
             would not pay for the model idling meanwhile (on 2 CPU cores, SmolLM2-135M ran 11 /
             30 / 35 / 44 / 49 rows/s at 1 / 4 / 8 / 16 / 32 rows of ~15 tokens).
+
+    With ``return_wait_ms`` > 0, ``max_wait_ms`` applies only while unexpected requests come (one
+    arrived within the last ``return_wait_ms``): when every recent request came from a returning
+    client and all those expected are in, nobody else is likely to send within ``max_wait_ms``, so
+    the batch runs at once (a single keep-alive client pays no wait at all).
     """
 
     def __init__(
@@ -203,7 +214,7 @@ class MicroBatcher(Generic[Row, Result]):
         loop = asyncio.get_running_loop()
         request: _Request[Row] = _Request(client if self.return_wait_s > 0 else None, len(rows))
         pending = [_Pending(row, self._length_of(row), loop.create_future(), request) for row in rows]
-        if request.client is not None:
+        if self.return_wait_s > 0:
             self.clients.arrived(request.client, time.monotonic())
         if pending:
             request.rows.extend(pending)
@@ -266,8 +277,9 @@ class MicroBatcher(Generic[Row, Result]):
     async def _collect(self) -> list[_Pending[Row]]:
         """Take rows, a request at a time in turn, within the token and size budgets.
 
-        Waits up to ``max_wait_ms`` after the first row for any more, and up to ``return_wait_ms``
-        while a client just answered is expected back and the batch is under ``return_wait_tokens``.
+        Waits up to ``max_wait_ms`` after the first row for any more (while unexpected requests
+        come, when ``return_wait_ms`` is set), and up to ``return_wait_ms`` while a client just
+        answered is expected back and the batch is under ``return_wait_tokens``.
         """
         assert self._wakeup is not None
         batch: list[_Pending[Row]] = []
@@ -284,8 +296,11 @@ class MicroBatcher(Generic[Row, Result]):
                 self._requests.rotate(-1)  # the next request's turn
             now = time.monotonic()
             deadline = started + self.max_wait_s
-            if self.return_wait_s > 0 and real < self.return_wait_tokens:
-                deadline = max(deadline, min(started + self.return_wait_s, self.clients.expected_until(now)))
+            if self.return_wait_s > 0:
+                if now - self.clients.last_unexpected > self.return_wait_s:
+                    deadline = started  # only returning clients lately: none but those expected will come
+                if real < self.return_wait_tokens:
+                    deadline = max(deadline, min(started + self.return_wait_s, self.clients.expected_until(now)))
             remaining = deadline - now
             if self._closing or remaining <= 0 or not batch:
                 return batch

@@ -264,6 +264,31 @@ def test_a_connection_per_request_is_never_waited_for():
     assert run(main()) < 2.5  # one wait of the 5 s bound would exceed it
 
 
+def test_max_wait_applies_only_while_unexpected_requests_come():
+    recorder = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(recorder, length_of=lambda row: 1, max_wait_ms=300, return_wait_ms=100)
+        batcher.start()
+        took = []
+        for row in range(5):  # one keep-alive client, sending again as soon as it is answered
+            started = time.monotonic()
+            await batcher.submit([row], client=("127.0.0.1", 1))
+            took.append(time.monotonic() - started)
+        await asyncio.sleep(0.15)
+        started = time.monotonic()
+        await batcher.submit([5])  # no known client: unexpected, so the batch waits max_wait_ms again
+        took.append(time.monotonic() - started)
+        await batcher.close()
+        return took
+
+    took = run(main())
+    # its first two requests are unexpected (no gap known yet) and wait 300 ms each for company;
+    # once it is expected back, and nobody unexpected came within 100 ms, its batches run at once
+    assert min(took[:2]) >= 0.29 and sum(took[2:5]) < 0.29 and took[5] >= 0.29
+    assert recorder.batches == [[0], [1], [2], [3], [4], [5]]
+
+
 def test_length_chunks_bound_padding_and_cover_every_row():
     from serve.engine import length_chunks
 
