@@ -139,6 +139,25 @@ async def load(url: str, model: str, clients: int, requests: int, corpus: list[s
     }
 
 
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from ``/proc/stat``; (0, 0) where there is none (not Linux)."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def measured_level(url: str, model: str, clients: int, requests: int, corpus: list[str]) -> dict:
+    """:func:`load` plus the share of CPU time the hypervisor stole meanwhile (a shared VM's noise)."""
+    steal_before, total_before = cpu_times()
+    level = asyncio.run(load(url, model, clients, requests, corpus))
+    steal_after, total_after = cpu_times()
+    if total_after > total_before:
+        level["cpu_steal"] = round((steal_after - steal_before) / (total_after - total_before), 3)
+    return level
+
+
 def embed(url: str, model: str, texts: list[str]) -> list[list[float]]:
     """One request per text (as the load does), so each app's answers are compared on its served path."""
     import httpx
@@ -283,7 +302,7 @@ def run(args: argparse.Namespace) -> dict:
                         answers[app] = embed(url, model, check_texts)
                     asyncio.run(load(url.removesuffix("/v1"), model, 2, 2, corpus))  # warm-up
                     for clients in args.clients:
-                        level = asyncio.run(load(url.removesuffix("/v1"), model, clients, args.requests, corpus))
+                        level = measured_level(url.removesuffix("/v1"), model, clients, args.requests, corpus)
                         runs = results["levels"].setdefault(str(clients), {}).setdefault(app, [])
                         runs.append(level)
                         print(f"round {round_index + 1} {app}", json.dumps(level), flush=True)
@@ -355,6 +374,13 @@ def table(results: dict) -> str:
         lines.append(
             f"load generator (aiohttp, this process) CPU per request: median {statistics.median(client_cpu):.2f} ms "
             f"[{min(client_cpu):.2f}-{max(client_cpu):.2f}]"
+        )
+    steal = [run["cpu_steal"] for level in results["levels"].values() for runs in level.values() for run in runs
+             if "cpu_steal" in run]  # fmt: skip
+    if steal:
+        lines.append(
+            f"CPU time stolen by the hypervisor during the levels: median {statistics.median(steal):.1%} "
+            f"[{min(steal):.1%}-{max(steal):.1%}]"
         )
     lines.append(f"load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
     return "\n".join(lines)

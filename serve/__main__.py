@@ -24,7 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key-env", default=None, help="environment variable holding the bearer API key")
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per micro-batch")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more rows after a batch's first")
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="wait for more rows after a batch's first (with --return-wait-ms: only while unexpected requests come)",
+    )
     parser.add_argument(
         "--return-wait-ms",
         type=float,
