@@ -48,7 +48,17 @@ SIDES = {
     "doc": {"open_token": "<|doc|>", "close_token": "<|/doc|>"},
 }
 SERVED_NAME = "bench"
-APPS = ("ours", "ours-chunks", "ours-noreturn", "ours-onnx", "ours-bf16", "infinity", "infinity-bf16", "naive")
+APPS = (
+    "ours",
+    "ours-chunks",
+    "ours-noreturn",
+    "ours-rwt256",
+    "ours-onnx",
+    "ours-bf16",
+    "infinity",
+    "infinity-bf16",
+    "naive",
+)
 STSB_TEST = REPO_ROOT.parent / "shared" / "data" / "senteval" / "STS" / "STSBenchmark" / "sts-test.csv"
 
 
@@ -237,6 +247,8 @@ def serving(
             command += ["--pack-tokens", "0"]
         if app == "ours-noreturn":  # no wait for clients just answered, as before --return-wait-ms
             command += ["--return-wait-ms", "0"]
+        if app == "ours-rwt256":  # stop waiting for returning clients at 256 real tokens, the default before 512
+            command += ["--return-wait-tokens", "256"]
     else:
         command = [__file__, "naive-app", str(st_folder), "--torch-threads", threads]
     with (log_dir / f"{app}.log").open("w") as log:
@@ -272,6 +284,48 @@ def offline_rates(
     return rates
 
 
+def engine_curve(
+    export_dir: Path, side: str, corpus: list[str], args: argparse.Namespace, precisions: list[str]
+) -> dict[str, dict[str, dict]]:
+    """Rows/s of the server's engine alone (packed, one forward call per batch) by micro-batch size, per precision.
+
+    The corpus is cut into consecutive batches of each size in arrival order (as a micro-batch takes them), all
+    sizes timed once per repeat in rotated order; reported: the median rows/s and the mean real tokens per batch,
+    the figures that say where ``--return-wait-tokens`` stops paying on this machine.
+    """
+    import torch
+
+    from serve import DEFAULT_PACK_TOKENS
+    from serve.engine import EmbeddingEngine
+
+    torch.set_num_threads(args.torch_threads)
+    curves: dict[str, dict[str, dict]] = {}
+    for precision in precisions:
+        engine = EmbeddingEngine.from_folder(export_dir, max_length=args.max_length, precision=precision)
+        engine.pack_tokens = DEFAULT_PACK_TOKENS
+        rows = [engine.row(side, body) for body in engine.tokenize(corpus)]
+        engine.run(rows[:8])  # warm-up
+        times: dict[int, list[float]] = {size: [] for size in args.engine_batches}
+        for repeat in range(3):
+            shift = repeat % len(args.engine_batches)
+            sizes = args.engine_batches[shift:] + args.engine_batches[:shift]
+            for size in sizes:
+                batches = [rows[i : i + size] for i in range(0, len(rows) - size + 1, size)]
+                started = time.perf_counter()
+                for batch in batches:
+                    engine.run(batch)
+                times[size].append(len(batches) * size / (time.perf_counter() - started))
+        curves[precision] = {
+            str(size): {
+                "rows_per_s": round(statistics.median(rates), 2),
+                "tokens_per_batch": round(size * statistics.mean(len(row.ids) for row in rows), 1),
+            }
+            for size, rates in times.items()
+        }
+        del engine
+    return curves
+
+
 def run(args: argparse.Namespace) -> dict:
     corpus = sentences(max(args.clients) * args.requests)
     with tempfile.TemporaryDirectory() as tmp:
@@ -293,6 +347,8 @@ def run(args: argparse.Namespace) -> dict:
             "answers_max_abs_diff": {},
         }
         check_texts = corpus[:8]
+        precisions = ["fp32", "bf16"] if "ours-bf16" in args.apps else ["fp32"]
+        results["offline_rounds"] = []  # the ceiling, measured once per round beside the servers
         answers: dict[str, list] = {}
         for round_index in range(args.rounds):
             apps = args.apps if round_index % 2 == 0 else list(reversed(args.apps))
@@ -306,15 +362,18 @@ def run(args: argparse.Namespace) -> dict:
                         runs = results["levels"].setdefault(str(clients), {}).setdefault(app, [])
                         runs.append(level)
                         print(f"round {round_index + 1} {app}", json.dumps(level), flush=True)
+            offline = offline_rates(export_dir, side, corpus, args, precisions)
+            results["offline_rounds"].append(offline)
+            print(f"round {round_index + 1} offline encode texts/s", json.dumps(offline), flush=True)
         reference = answers[args.apps[0]]
         for app, vectors in answers.items():
             diff = max(abs(a - b) for u, v in zip(vectors, reference, strict=True) for a, b in zip(u, v, strict=True))
             results["answers_max_abs_diff"][app] = diff
-        precisions = ["fp32", "bf16"] if "ours-bf16" in args.apps else ["fp32"]
-        rates = offline_rates(export_dir, side, corpus, args, precisions)
-        results["offline_encode_texts_per_s"] = rates["fp32"]
-        if "bf16" in rates:
-            results["offline_encode_bf16_texts_per_s"] = rates["bf16"]
+        for precision, key in (("fp32", "offline_encode_texts_per_s"), ("bf16", "offline_encode_bf16_texts_per_s")):
+            if precision in precisions:
+                results[key] = statistics.median(offline[precision] for offline in results["offline_rounds"])
+        if args.engine_batches:
+            results["engine_rows_per_s"] = engine_curve(export_dir, side, corpus, args, precisions)
         results["load_after"] = os.getloadavg()
     return results
 
@@ -363,6 +422,21 @@ def table(results: dict) -> str:
         + "; "
         f"answers' max |diff| to {apps[0]}: {diffs}"
     )
+    offline_rounds = results.get("offline_rounds", [])
+    if len(offline_rounds) > 1:
+        top = max(results["levels"], key=int)
+        per_round = []
+        for app in ours:
+            precision = "bf16" if app == "ours-bf16" else "fp32"
+            shares = [
+                run["requests_per_s"] / offline[precision]
+                for run, offline in zip(results["levels"][top][app], offline_rounds, strict=True)
+            ]
+            per_round.append(f"{app} " + " / ".join(f"{share:.0%}" for share in shares))
+        lines.append(
+            "offline encode per round (fp32): " + ", ".join(str(offline["fp32"]) for offline in offline_rounds)
+            + f" texts/s; at {top} clients each round against its own: " + "; ".join(per_round)
+        )  # fmt: skip
     client_cpu = [
         run["client_cpu_ms_per_request"]
         for level in results["levels"].values()
@@ -381,6 +455,13 @@ def table(results: dict) -> str:
         lines.append(
             f"CPU time stolen by the hypervisor during the levels: median {statistics.median(steal):.1%} "
             f"[{min(steal):.1%}-{max(steal):.1%}]"
+        )
+    for precision, curve in results.get("engine_rows_per_s", {}).items():
+        lines.append(
+            f"engine alone ({precision}, packed, one call per batch), rows/s by batch rows (real tokens): "
+            + ", ".join(
+                f"{size}: {point['rows_per_s']} ({point['tokens_per_batch']:.0f})" for size, point in curve.items()
+            )
         )
     lines.append(f"load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
     return "\n".join(lines)
@@ -410,6 +491,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--torch-threads", type=int, default=2, help="intra-op threads of every server")
     parser.add_argument("--apps", nargs="+", choices=APPS, default=["ours", "infinity", "naive"])
+    parser.add_argument(
+        "--engine-batches",
+        type=int,
+        nargs="*",
+        default=[8, 16, 24, 32, 48, 64],
+        help="after the servers, time the engine alone on micro-batches of these many rows (none: skip)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="each app once per round, order alternating")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--report", type=Path, default=None, help="only print the table of a saved --out file")
