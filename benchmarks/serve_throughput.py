@@ -8,7 +8,10 @@ concurrent clients sends R single-sentence requests in a row (STS-B test sentenc
 ``encoding_format: float``). Reported per app and C in 1, 8, 32: the median requests/s over the
 rounds (and its range), and p50 / p99 latency of the last round. The apps' answers for the same
 sentences are compared (max |diff|), and the offline ``DecoderEmbedder.encode`` rate of those
-sentences in this process (same threads) is the ceiling the servers are measured against.
+sentences in this process (same threads), measured once per round beside the servers, is the
+ceiling they are measured against. Last, the engine alone is timed on micro-batches of
+``--engine-batches`` rows (packed, as the server runs them): where its rows/s stops rising is
+where ``--return-wait-tokens`` should stop waiting on this machine.
 
 Usage:
     python benchmarks/serve_throughput.py                          # SmolLM2-135M (untrained delimiters)
@@ -284,14 +287,19 @@ def offline_rates(
     return rates
 
 
+CURVE_ROWS = 192  # a multiple of every default batch size, so each size times the same rows
+CURVE_REPEATS = 2
+
+
 def engine_curve(
     export_dir: Path, side: str, corpus: list[str], args: argparse.Namespace, precisions: list[str]
 ) -> dict[str, dict[str, dict]]:
     """Rows/s of the server's engine alone (packed, one forward call per batch) by micro-batch size, per precision.
 
-    The corpus is cut into consecutive batches of each size in arrival order (as a micro-batch takes them), all
-    sizes timed once per repeat in rotated order; reported: the median rows/s and the mean real tokens per batch,
-    the figures that say where ``--return-wait-tokens`` stops paying on this machine.
+    The corpus's first :data:`CURVE_ROWS` rows are cut into consecutive batches of each size in arrival order (as
+    a micro-batch takes them), all sizes timed once per repeat in rotated order; reported: the median rows/s and
+    the mean real tokens per batch, the figures that say where ``--return-wait-tokens`` stops paying on this
+    machine.
     """
     import torch
 
@@ -303,10 +311,10 @@ def engine_curve(
     for precision in precisions:
         engine = EmbeddingEngine.from_folder(export_dir, max_length=args.max_length, precision=precision)
         engine.pack_tokens = DEFAULT_PACK_TOKENS
-        rows = [engine.row(side, body) for body in engine.tokenize(corpus)]
+        rows = [engine.row(side, body) for body in engine.tokenize(corpus[:CURVE_ROWS])]
         engine.run(rows[:8])  # warm-up
         times: dict[int, list[float]] = {size: [] for size in args.engine_batches}
-        for repeat in range(3):
+        for repeat in range(CURVE_REPEATS):
             shift = repeat % len(args.engine_batches)
             sizes = args.engine_batches[shift:] + args.engine_batches[:shift]
             for size in sizes:
@@ -373,7 +381,8 @@ def run(args: argparse.Namespace) -> dict:
             if precision in precisions:
                 results[key] = statistics.median(offline[precision] for offline in results["offline_rounds"])
         if args.engine_batches:
-            results["engine_rows_per_s"] = engine_curve(export_dir, side, corpus, args, precisions)
+            served = sorted({"bf16" if app == "ours-bf16" else "fp32" for app in args.apps if app.startswith("ours")})
+            results["engine_rows_per_s"] = engine_curve(export_dir, side, corpus, args, served)
         results["load_after"] = os.getloadavg()
     return results
 
@@ -410,7 +419,7 @@ def table(results: dict) -> str:
             own_ceiling = results.get("offline_encode_bf16_texts_per_s", ceiling) if app == "ours-bf16" else ceiling
             cells.append(f"{medians[app] / own_ceiling:.0%}")
         lines.append(f"| {clients} | " + " | ".join(cells) + " |")
-    diffs = ", ".join(f"{a} {d:.1e}" for a, d in results["answers_max_abs_diff"].items())
+    diffs = ", ".join(f"{a} {d:.1e}" for a, d in results.get("answers_max_abs_diff", {}).items()) or "not recorded"
     lines.append("")
     lines.append(
         f"offline DecoderEmbedder.encode of the same sentences: {ceiling} texts/s"
@@ -463,7 +472,8 @@ def table(results: dict) -> str:
                 f"{size}: {point['rows_per_s']} ({point['tokens_per_batch']:.0f})" for size, point in curve.items()
             )
         )
-    lines.append(f"load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
+    if "load_before" in results and "load_after" in results:
+        lines.append(f"load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
     return "\n".join(lines)
 
 
@@ -496,7 +506,8 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="*",
         default=[8, 16, 24, 32, 48, 64],
-        help="after the servers, time the engine alone on micro-batches of these many rows (none: skip)",
+        help="after the servers, time the engine alone (each precision of ours served) on micro-batches of these "
+        "many rows (none: skip)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="each app once per round, order alternating")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
