@@ -46,7 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-queued-rows", type=int, default=65536, help="queued rows beyond this answer 429")
     parser.add_argument("--max-length", type=int, default=512, help="longest row the model runs, delimiters included")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: torch.autocast")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: torch.autocast, the Linear weights cast to bf16 once (the same vectors)",
+    )
     parser.add_argument(
         "--backend", choices=["torch", "onnx", "onnx-int8"], default="torch", help="onnx: the export's ONNX graphs"
     )

@@ -21,7 +21,7 @@ import torch
 
 from models import DecoderEmbedder
 from models.packing import tight_capacity
-from models.precision import PRECISIONS, inference_autocast
+from models.precision import cast_autocast_weights, check_precision, inference_autocast
 from models.tokenization import body_ids, delimit_ids, delimiter_ids, pad_id_of, pad_rows
 
 
@@ -60,10 +60,11 @@ class EmbeddingEngine:
     ) -> None:
         if max_length < 3:
             raise ValueError(f"max_length must be >= 3, got {max_length}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         self.precision = precision
         self.model = model.to(device).eval()
+        if isinstance(model, DecoderEmbedder):
+            cast_autocast_weights(self.model, precision)  # the engine owns its model and runs it under autocast only
         self.device = torch.device(device)
         self.name = name
         self.max_length = max_length

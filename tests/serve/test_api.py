@@ -306,6 +306,19 @@ def test_bf16_serving_matches_the_model_under_the_same_autocast():
     assert (got * fp32).sum(axis=1).min() > 0.99
 
 
+@pytest.mark.parametrize("pack_tokens", [None, 256])
+def test_bf16_engine_runs_on_cast_weights_with_autocasts_vectors_exactly(pack_tokens):
+    from tests.serve.conftest import build_engine
+
+    bf16 = build_engine(precision="bf16")
+    assert {m.weight.dtype for m in bf16.model.modules() if isinstance(m, torch.nn.Linear)} == {torch.bfloat16}
+    reference = build_engine()  # fp32 weights, run under the same autocast
+    reference.precision = "bf16"
+    bf16.pack_tokens = reference.pack_tokens = pack_tokens
+    rows = [bf16.row("doc", body) for body in bf16.tokenize(TEXTS)]
+    assert all(torch.equal(a, b) for a, b in zip(bf16.run(rows), reference.run(rows), strict=True))
+
+
 def test_unknown_precision_is_refused():
     from serve.__main__ import parse_args
     from tests.serve.conftest import build_engine
