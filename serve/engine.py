@@ -42,7 +42,8 @@ class EmbeddingEngine:
         max_length: longest row the model runs, delimiters included; longer bodies are cut to
             ``max_length - 2`` tokens, as :meth:`DecoderEmbedder.encode` does.
         precision: ``fp32``, or ``bf16`` (``torch.autocast``: faster on GPUs and AVX512-BF16 CPUs;
-            the same setting as the evaluation harness's ``source.precision``).
+            the same setting as the evaluation harness's ``source.precision``). With ``bf16`` the
+            torch model's Linear weights are cast here, once (:func:`models.precision.cast_autocast_weights`).
 
     ``pack_tokens`` (torch backend): when set, :meth:`run` makes one padding-free forward call
     per micro-batch, the rows packed end to end into sequences of at most that many tokens, each
