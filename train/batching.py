@@ -6,10 +6,26 @@ slice. The data position of a run is therefore just its step, and the only per-r
 epoch's permutation: a shuffled index array up to :data:`ARRAY_PERMUTATION_MAX_ROWS` rows, above
 that a keyed Feistel permutation computed on the fly (constant memory, any size).
 
-A mixture of datasets (:class:`MixtureBatcher`) draws, per step, how many rows each source gives
-(or, with ``same_source_batches``, which one source gives them all), from an RNG seeded with
-``(seed, step)``; each source walks its own epochs of permutations, so its position at step ``s``
-is the number of rows it gave before ``s``, again a function of (seed, step) only.
+A mixture of datasets (:class:`MixtureBatcher`) walks each source through its own seeded epochs, so
+a source's position is the number of rows it gave before the step. To find that position in
+O(sources) at any step (a resume at step 1,000,000 must not replay a million draws), the steps are
+cut into *blocks* whose per-source totals are fixed:
+
+* mixed batches: a block is ``B = max(1, MIXTURE_BLOCK_ROWS // G)`` steps, i.e. ``B*G`` row slots.
+  Source ``k`` owns exactly ``q_k`` of them, the largest-remainder apportionment of ``B*G*w_k``
+  (the same every block); the slots are shuffled with an RNG seeded by ``(seed, block)`` and step
+  ``j`` of the block takes slots ``[j*G, (j+1)*G)`` in that order. So a step's composition varies
+  (a multivariate hypergeometric draw, which is the multinomial the older code drew up to a factor
+  ``1 - 1/B`` on its variance) while source ``k`` has given exactly ``block*q_k`` rows before the
+  block, plus its count among the block's earlier slots.
+* ``same_source_batches``: a block is :data:`SAME_SOURCE_BLOCK_STEPS` steps, of which source ``k``
+  owns ``round(B*w_k)`` (largest remainder), in an order shuffled by ``(seed, block)``.
+
+The one bias this adds is the rounding: a source gets exactly its apportioned count per block, so
+its long-run share is ``q_k / (B*G)`` (or ``q_k / B``) instead of ``w_k``: off by less than one slot
+per block, under 1e-6 (mixed) or 1.6e-5 (same-source) of the total. A source whose share of a block
+rounds to nothing is refused. Only the current block is held (its shuffled slots and per-step
+running counts), so memory does not grow with the step.
 """
 
 from __future__ import annotations
@@ -20,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 
 ARRAY_PERMUTATION_MAX_ROWS = 1 << 22  # 4M rows: a 32 MB index array; larger sets use the Feistel permutation
+MIXTURE_BLOCK_ROWS = 1 << 20  # row slots per block of a mixed mixture: rounding bias < 1e-6 of the rows
+SAME_SOURCE_BLOCK_STEPS = 1 << 16  # steps per block with same_source_batches: bias < 1.6e-5 of the steps
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -170,15 +188,36 @@ class StepBatcher:
         return StepRows(np.zeros(len(rows), dtype=np.int64), rows)
 
 
+def apportion(total: int, weights: Sequence[float]) -> np.ndarray:
+    """``total`` split in proportion to ``weights`` by largest remainder: each part is the floor or the
+    ceiling of its exact share, and the parts sum to ``total``."""
+    exact = np.asarray(weights, dtype=np.float64) * total / float(np.sum(weights))
+    counts = np.floor(exact).astype(np.int64)
+    for index in np.argsort(-(exact - counts))[: total - int(counts.sum())]:
+        counts[index] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One block of a mixture: each slot's source in order, and each source's slots before each step."""
+
+    index: int
+    slots: np.ndarray  # (B*G,) or (B,) source of each slot, shuffled
+    before: np.ndarray  # (B + 1, K) slots each source owns before step j of the block
+
+
 class MixtureBatcher:
-    """Deterministic batches over several sources with weights.
+    """Deterministic batches over several sources with weights, in blocks of fixed per-source totals.
 
     Args:
         sizes: training rows of each source.
         weights: sampling weight of each source (summing to 1).
         global_batch_size: rows per step.
-        seed: seeds the draws and each source's permutations.
+        seed: seeds the block shuffles and each source's permutations.
         same_source_batches: every global batch from one source.
+        block_rows: row slots per block of mixed batches (tests use small blocks).
+        block_steps: steps per block with ``same_source_batches``.
     """
 
     def __init__(
@@ -188,6 +227,8 @@ class MixtureBatcher:
         global_batch_size: int,
         seed: int,
         same_source_batches: bool,
+        block_rows: int = MIXTURE_BLOCK_ROWS,
+        block_steps: int = SAME_SOURCE_BLOCK_STEPS,
     ) -> None:
         if len(sizes) != len(weights):
             raise ValueError(f"{len(sizes)} sources but {len(weights)} weights")
@@ -202,35 +243,59 @@ class MixtureBatcher:
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.same_source_batches = same_source_batches
+        self.block_steps = block_steps if same_source_batches else max(1, block_rows // global_batch_size)
+        slots = self.block_steps if same_source_batches else self.block_steps * global_batch_size
+        self.quota = apportion(slots, self.weights)  # (K,) slots of each source per block
+        starved = np.flatnonzero(self.quota == 0).tolist()
+        if starved:
+            raise ValueError(
+                f"mixture weight(s) {[float(self.weights[i]) for i in starved]} of source(s) {starved} are too small "
+                f"to draw: under one of {slots} {'steps' if same_source_batches else 'rows'} per block"
+            )
+        self.rows_per_slot = global_batch_size if same_source_batches else 1
         self.permutations = [EpochPermutations(size, [seed, 1 + index]) for index, size in enumerate(sizes)]
-        self._counts = np.zeros((0, len(sizes)), dtype=np.int64)  # rows each source gives at each step
-        self._before = np.zeros((1, len(sizes)), dtype=np.int64)  # rows each source gave before each step
+        self.blocks_built = 0  # how many blocks were shuffled (a resume builds one)
+        self._block: _Block | None = None
 
     def epoch_of(self, step: int) -> float:
         return step * self.global_batch_size / sum(self.sizes)
 
+    def _block_of(self, step: int) -> tuple[_Block, int]:
+        """The block holding ``step`` (built once, then cached) and the step's index inside it."""
+        index, offset = divmod(step, self.block_steps)
+        if self._block is None or self._block.index != index:
+            dtype = np.int16 if len(self.sizes) < (1 << 15) else np.int64
+            slots = np.repeat(np.arange(len(self.sizes), dtype=dtype), self.quota)
+            np.random.default_rng([self.seed, 104729, index]).shuffle(slots)
+            per_step = len(slots) // self.block_steps
+            step_of_slot = np.arange(len(slots), dtype=np.int64) // per_step
+            counts = np.bincount(step_of_slot * len(self.sizes) + slots, minlength=self.block_steps * len(self.sizes))
+            before = np.zeros((self.block_steps + 1, len(self.sizes)), dtype=np.int64)
+            np.cumsum(counts.reshape(self.block_steps, len(self.sizes)), axis=0, out=before[1:])
+            self._block = _Block(index, slots, before)
+            self.blocks_built += 1
+        return self._block, offset
+
+    def rows_before(self, step: int) -> np.ndarray:
+        """(K,) rows each source gave in steps ``0..step-1``: O(K) once the step's block is built."""
+        block, offset = self._block_of(step)
+        return (block.index * self.quota + block.before[offset]) * self.rows_per_slot
+
     def counts(self, step: int) -> np.ndarray:
         """(K,) rows each source gives at ``step``."""
-        rng = np.random.default_rng([self.seed, 104729, step])
-        if self.same_source_batches:
-            counts = np.zeros(len(self.sizes), dtype=np.int64)
-            counts[rng.choice(len(self.sizes), p=self.weights)] = self.global_batch_size
-            return counts
-        return rng.multinomial(self.global_batch_size, self.weights).astype(np.int64)
-
-    def _rows_before(self, step: int) -> np.ndarray:
-        while len(self._before) <= step:  # extend the running totals (once per step over a run)
-            known = len(self._counts)
-            self._counts = np.vstack([self._counts, self.counts(known)[None]])
-            self._before = np.vstack([self._before, self._before[-1] + self._counts[-1]])
-        return self._before[step]
+        block, offset = self._block_of(step)
+        return (block.before[offset + 1] - block.before[offset]) * self.rows_per_slot
 
     def global_batch(self, step: int) -> StepRows:
-        before = self._rows_before(step)
-        counts = self.counts(step)
-        sources = np.repeat(np.arange(len(self.sizes)), counts)
-        rows = np.concatenate(
-            [self.permutations[k].rows(int(before[k]), int(counts[k])) for k in range(len(self.sizes))]
-        )
-        order = np.random.default_rng([self.seed, 15485863, step]).permutation(len(rows))  # mix the sources
-        return StepRows(sources[order], rows[order])
+        block, offset = self._block_of(step)
+        before = self.rows_before(step)
+        if self.same_source_batches:
+            sources = np.full(self.global_batch_size, block.slots[offset], dtype=np.int64)
+        else:
+            sources = block.slots[offset * self.global_batch_size : (offset + 1) * self.global_batch_size]
+            sources = sources.astype(np.int64)
+        rows = np.empty(self.global_batch_size, dtype=np.int64)
+        for k in np.unique(sources).tolist():
+            where = sources == k
+            rows[where] = self.permutations[k].rows(int(before[k]), int(where.sum()))
+        return StepRows(sources, rows)

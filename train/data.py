@@ -34,7 +34,7 @@ import torch
 from models.sides import Side
 from models.tokenization import encode_delimited
 from pairdata.trainsets import Mixture, check_row, is_streaming
-from train.batching import HeldOut, MixtureBatcher, StepBatcher, local_slices
+from train.batching import HeldOut, MixtureBatcher, StepBatcher, apportion, local_slices
 
 logger = logging.getLogger(__name__)
 
@@ -320,6 +320,14 @@ class TrainingData:
         )
         yield from loader
 
+    def mixture_rows(self, steps_done: int) -> dict[str, int]:
+        """``{"rows/NAME": n}``: the training rows each source of a mixture gave in steps ``0..steps_done-1``
+        (O(sources); empty for a single source or a stream), for ``metrics.jsonl`` to audit the weights."""
+        if self._steps is None or not isinstance(self._steps.batcher, MixtureBatcher):
+            return {}
+        rows = self._steps.batcher.rows_before(steps_done)
+        return {f"rows/{name}": int(count) for name, count in zip(self.names, rows, strict=True)}
+
     def resume(self, state: Mapping[str, Any] | None) -> None:
         """Continue a stream from a checkpoint's saved position (map-style sets need nothing)."""
         if self._stream is None:
@@ -381,7 +389,7 @@ def build_training_data(
     if streaming:
         raise ValueError(f"data=mixture with streamed sets {streaming} is not supported: load them memory-mapped")
     sizes = [len(ds) for ds in mixture.datasets.values()]
-    counts = _split_count(val_pairs, sizes)
+    counts = apportion(val_pairs, sizes).tolist()  # held-out rows in proportion to size
     sources = [
         Source(name, ds, HeldOut(len(ds), count, seed if index == 0 else seed + 1000003 * index))
         for index, ((name, ds), count) in enumerate(zip(mixture.datasets.items(), counts, strict=True))
@@ -453,17 +461,6 @@ def report_negative_counts(sources: Sequence[Source], cap: int) -> dict[str, dic
         if short == len(counts):
             logger.warning("%s: no row has %d hard negatives (see data.columns.negatives)", source.name, cap)
     return report
-
-
-def _split_count(total: int, sizes: Sequence[int]) -> list[int]:
-    """``total`` held-out rows shared among sources in proportion to their sizes (largest remainder)."""
-    if len(sizes) == 1 or total == 0:
-        return [total] + [0] * (len(sizes) - 1)
-    exact = np.asarray(sizes, dtype=np.float64) * total / sum(sizes)
-    counts = np.floor(exact).astype(int)
-    for index in np.argsort(-(exact - counts))[: total - counts.sum()]:
-        counts[index] += 1
-    return counts.tolist()
 
 
 def _label(dataset: Any) -> str:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.batching import EpochPermutations, FeistelPermutation, HeldOut, MixtureBatcher, StepBatcher, local_slices
+from train.batching import (
+    EpochPermutations,
+    FeistelPermutation,
+    HeldOut,
+    MixtureBatcher,
+    StepBatcher,
+    apportion,
+    local_slices,
+)
 
 
 def rows(batcher, step: int) -> list[int]:
@@ -97,3 +105,68 @@ def test_same_source_batches_draw_each_batch_from_one_source() -> None:
     assert abs(np.mean(np.asarray(picked) == 2) - 0.5) < 0.08
     with pytest.raises(ValueError, match="every source must hold a global batch"):
         MixtureBatcher([4, 40], [0.5, 0.5], 8, seed=0, same_source_batches=True)
+
+
+@pytest.mark.parametrize("same_source", [False, True], ids=["mixed", "same-source"])
+def test_mixture_positions_from_scratch_equal_the_positions_reached_by_stepping(same_source: bool) -> None:
+    """Small blocks (5 steps) so the walk crosses many block boundaries; a fresh batcher per probe."""
+    options = {"block_rows": 40, "block_steps": 5}  # mixed: 40 // 8 = 5 steps per block
+    walker = MixtureBatcher([30, 300, 50], [0.2, 0.5, 0.3], 8, 3, same_source, **options)
+    reached = np.zeros(3, dtype=np.int64)
+    for step in range(60):
+        assert np.array_equal(MixtureBatcher([30, 300, 50], [0.2, 0.5, 0.3], 8, 3, same_source, **options)
+                              .rows_before(step), reached)  # fmt: skip
+        batch = walker.global_batch(step)
+        counts = np.bincount(batch.sources, minlength=3)
+        assert np.array_equal(counts, walker.counts(step)) and counts.sum() == 8
+        for k in range(3):  # each source continues its own epochs where the previous step left it
+            expected = walker.permutations[k].rows(int(reached[k]), int(counts[k]))
+            assert np.array_equal(batch.rows[batch.sources == k], expected)
+        reached += counts
+        fresh = MixtureBatcher([30, 300, 50], [0.2, 0.5, 0.3], 8, 3, same_source, **options).global_batch(step)
+        assert np.array_equal(fresh.sources, batch.sources) and np.array_equal(fresh.rows, batch.rows)
+
+
+def test_each_block_gives_every_source_exactly_its_apportioned_rows() -> None:
+    mixture = MixtureBatcher([1000, 1000, 1000], [0.5, 0.3, 0.2], 16, 0, False, block_rows=160)
+    assert mixture.block_steps == 10 and mixture.quota.tolist() == [80, 48, 32]
+    for block in range(4):
+        total = sum(mixture.counts(step) for step in range(block * 10, (block + 1) * 10))
+        assert total.tolist() == [80, 48, 32]
+    compositions = {tuple(mixture.counts(step).tolist()) for step in range(40)}
+    assert len(compositions) > 10  # the per-step composition still varies
+
+
+def test_apportion_rounds_each_share_to_a_neighbour_and_keeps_the_total() -> None:
+    assert apportion(10, [1, 1, 1]).tolist() == [4, 3, 3]
+    assert apportion(7, [0.5, 0.25, 0.25]).sum() == 7
+    parts = apportion(1 << 20, [0.123, 0.456, 0.421])
+    exact = np.array([0.123, 0.456, 0.421]) * (1 << 20)
+    assert parts.sum() == 1 << 20 and np.all(np.abs(parts - exact) < 1)
+
+
+@pytest.mark.parametrize("same_source", [False, True], ids=["mixed", "same-source"])
+def test_realised_mixture_proportions_follow_the_weights(same_source: bool) -> None:
+    weights = [0.05, 0.15, 0.3, 0.5]
+    mixture = MixtureBatcher([10_000] * 4, weights, 64, 11, same_source)
+    steps = 4000
+    shares = mixture.rows_before(steps) / (steps * 64)
+    assert np.allclose(shares, weights, atol=0.02)
+    assert mixture.blocks_built == 1  # default blocks: 16,384 steps of 64 rows, or 65,536 steps
+
+
+def test_a_resume_at_step_one_million_builds_one_block_and_holds_only_it() -> None:
+    """The old batcher replayed every earlier step's draw (O(step)); a block is built once, in O(block)."""
+    mixture = MixtureBatcher([10**6] * 7, [1 / 7] * 7, 64, 5, same_source_batches=False)
+    batch = mixture.global_batch(1_000_000)
+    assert mixture.blocks_built == 1 and len(batch.rows) == 64
+    block = 1_000_000 // mixture.block_steps
+    assert np.array_equal(mixture.rows_before(block * mixture.block_steps), block * mixture.quota)
+    mixture.global_batch(1_000_001)
+    assert mixture.blocks_built == 1
+    assert mixture._block is not None and mixture._block.slots.nbytes <= 2 * (1 << 20)  # one block: flat in the step
+
+
+def test_a_weight_too_small_for_a_block_is_refused() -> None:
+    with pytest.raises(ValueError, match="too small to draw"):
+        MixtureBatcher([100, 100], [1 - 1e-9, 1e-9], 8, 0, same_source_batches=False)

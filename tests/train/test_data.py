@@ -266,3 +266,21 @@ def test_text_keys_are_stable_and_tell_texts_apart() -> None:
     keys = text_keys(["a", "b", "a", "a\ud800b"])
     assert keys[0] == keys[2] and keys[0] != keys[1] and keys.dtype == torch.int64
     assert np.array_equal(keys.numpy(), text_keys(["a", "b", "a", "a\ud800b"]).numpy())
+
+
+def test_a_mixture_reports_the_rows_each_source_gave_for_the_metrics() -> None:
+    from pairdata.pairs import Pair
+    from pairdata.trainsets import Mixture, from_pairs
+    from train.data import build_training_data
+
+    sets = {name: from_pairs([Pair(f"{name} q{i}", f"{name} d{i}") for i in range(size)]) for name, size in
+            (("web", 40), ("code", 24))}  # fmt: skip
+    options = {"seed": 0, "steps": 30, "batch_size": 4, "accum_steps": 1, "rank": 0, "world_size": 1,
+               "val_pairs": 4, "num_workers": 0, "prefetch_factor": 2, "pin_memory": False}  # fmt: skip
+    data = build_training_data(Mixture(sets, {"web": 3, "code": 1}), None, **options)
+    batcher = data._steps.batcher
+    walked = sum(np.bincount(batcher.global_batch(step).sources, minlength=2) for step in range(30))
+    assert data.mixture_rows(30) == {"rows/web": int(walked[0]), "rows/code": int(walked[1])}
+    assert sum(data.mixture_rows(30).values()) == 120 and data.mixture_rows(0) == {"rows/web": 0, "rows/code": 0}
+    single = build_training_data(sets["web"], None, **options)
+    assert single.mixture_rows(30) == {}
