@@ -21,8 +21,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from models.backbone import load_backbone
 from models.lora import BaseIdentity, LoraSettings, add_adapter, load_adapter
-from models.packing import pool_packed
-from models.pooling import pool_last_token, position_ids_from_mask
+from models.packing import attention_dtype, backbone_masks, pool_packed
+from models.pooling import check_pooling, pool, position_ids_from_mask
 from models.sides import Side, parse_sides
 from models.tokenization import (
     PADDING_SIDES,
@@ -42,7 +42,7 @@ LORA_FORMAT_VERSION = 2  # the backbone is a base named in base_model + adapter 
 
 
 class DecoderEmbedder(nn.Module):
-    """Decoder + last-token pooling + optional projection + L2 norm, with a learnable temperature.
+    """Decoder + pooling (last token by default) + optional projection + L2 norm, with a learnable temperature.
 
     Tower sides share one backbone by default; with ``shared_weights=False`` each side gets its
     own copy. Logits for the contrastive loss are ``cos * exp(log_scale)``, i.e. temperature
@@ -63,6 +63,10 @@ class DecoderEmbedder(nn.Module):
         lora: add fresh LoRA adapters (:mod:`models.lora`) to every backbone, freezing their weights;
             with separate weights each side gets its own adapter.
         base_identity: the frozen base's identity, recorded in LoRA checkpoints instead of its weights.
+        pooling: ``last_token`` (the closing delimiter's state, cpt's choice), ``mean`` or
+            ``weighted_mean`` (:mod:`models.pooling`).
+        bidirectional: the embedding pass attends both ways inside each row (LLM2Vec, NV-Embed,
+            GritLM) instead of causally; the decoder's weights are unchanged.
     """
 
     def __init__(
@@ -79,6 +83,8 @@ class DecoderEmbedder(nn.Module):
         matryoshka_dims: Sequence[int] | None = None,
         lora: LoraSettings | None = None,
         base_identity: BaseIdentity | None = None,
+        pooling: str = "last_token",
+        bidirectional: bool = False,
     ) -> None:
         super().__init__()
         if not 0 < min_temperature <= init_temperature:
@@ -88,6 +94,8 @@ class DecoderEmbedder(nn.Module):
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
         self.sides = dict(sides)
+        self.pooling = check_pooling(pooling)
+        self.bidirectional = bool(bidirectional)
         self.tokenizer = tokenizer
         self.shared_weights = shared_weights
         self.padding_side = padding_side
@@ -138,6 +146,8 @@ class DecoderEmbedder(nn.Module):
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
         lora: Mapping[str, Any] | LoraSettings | None = None,
+        pooling: str = "last_token",
+        bidirectional: bool = False,
     ) -> DecoderEmbedder:
         """Load a pretrained decoder (or build a random one) and add the tower's delimiters.
 
@@ -149,6 +159,7 @@ class DecoderEmbedder(nn.Module):
         ``seed`` fixes the random initialisation of ``random_config`` backbones and projections.
         ``lora`` (``model.lora``; ``r: 0`` is off) freezes the backbone and adds LoRA adapters, the
         base's identity and weight hash recorded for the checkpoints (:mod:`models.lora`).
+        ``pooling`` and ``bidirectional``: see the class.
         """
         settings = LoraSettings.from_config(lora)
         if seed is not None:
@@ -176,6 +187,8 @@ class DecoderEmbedder(nn.Module):
             matryoshka_dims=matryoshka_dims,
             lora=settings,
             base_identity=identity,
+            pooling=pooling,
+            bidirectional=bidirectional,
         )
 
     # ---- forward ------------------------------------------------------------------------------
@@ -251,19 +264,25 @@ class DecoderEmbedder(nn.Module):
             pooled = self.projection(pooled.to(self.projection.weight.dtype))  # (B, D)
         return F.normalize(pooled.float(), dim=-1)
 
-    @staticmethod
     def _pool(
-        backbone: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack_tokens: int | None = None
-    ) -> torch.Tensor:
+        self, backbone: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        pack_tokens: int | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """(B, H) pooled last-layer states of delimited rows, padded or packed."""
+        causal = not self.bidirectional
         if pack_tokens is not None:
-            return pool_packed(backbone, input_ids, attention_mask, pack_tokens)
+            return pool_packed(backbone, input_ids, attention_mask, pack_tokens, self.pooling, causal)
+        mask: object = attention_mask
+        if not causal:  # a dense mask that lets each row's real tokens see each other, later ones too
+            segments = torch.where(attention_mask.bool(), 0, -1)  # (B, T): one row per sequence
+            mask = backbone_masks(backbone, segments, attention_dtype(backbone, input_ids.device), causal=False)
         outputs = backbone(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=mask,
             position_ids=position_ids_from_mask(attention_mask),
             use_cache=False,
         )
-        return pool_last_token(outputs.last_hidden_state, attention_mask)  # (B, H)
+        return pool(outputs.last_hidden_state, attention_mask, self.pooling)  # (B, H)
 
     @torch.inference_mode()
     def encode(
@@ -330,7 +349,8 @@ class DecoderEmbedder(nn.Module):
             "projection_dim": self.projection.out_features if self.projection is not None else None,
             "hidden_size": self.hidden_size,
             "embedding_dim": self.embedding_dim,
-            "pooling": "last_token",
+            "pooling": self.pooling,
+            "bidirectional": self.bidirectional,
             "normalize": True,
             "padding_side": self.padding_side,
             "init_temperature": self.init_temperature,
@@ -434,6 +454,8 @@ class DecoderEmbedder(nn.Module):
             learn_temperature=config["learn_temperature"],
             padding_side=config["padding_side"],
             matryoshka_dims=config.get("matryoshka_dims"),
+            pooling=config.get("pooling", "last_token"),
+            bidirectional=config.get("bidirectional", False),
         )
         if "lora" in config:
             model = cls._from_adapter_checkpoint(directory, config, tokenizer, sides, options, base_model)

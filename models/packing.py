@@ -122,25 +122,38 @@ def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: i
     return PackedRows(packed_ids, positions, segments, last_index)
 
 
-def block_causal_mask(segments: torch.Tensor, window: int | None = None) -> torch.Tensor:
+def block_causal_mask(segments: torch.Tensor, window: int | None = None, causal: bool = True) -> torch.Tensor:
     """(P, 1, C, C) boolean mask: a token attends to earlier tokens of its own row (and itself).
 
     Padding tokens (segment -1) attend to earlier padding, so no query row is fully masked.
-    ``window``: also drop keys ``window`` or more positions back (sliding-window attention).
+    ``window``: also drop keys ``window`` or more positions away (sliding-window attention).
+    ``causal=False``: a token attends to every token of its own row, later ones too (bidirectional).
     """
     index = torch.arange(segments.shape[1], device=segments.device)
-    causal = index[:, None] >= index[None, :]  # (C, C)
+    distance = index[:, None] - index[None, :]  # (C, C) query - key
+    allowed = distance >= 0 if causal else torch.ones_like(distance, dtype=torch.bool)
     if window is not None:
-        causal = causal & (index[:, None] - index[None, :] < window)
+        allowed = allowed & (distance.abs() < window)
     same = segments[:, :, None] == segments[:, None, :]  # (P, C, C)
-    return (same & causal)[:, None]
+    return (same & allowed)[:, None]
 
 
-def backbone_masks(backbone: PreTrainedModel, packed: PackedRows, dtype: torch.dtype) -> object:
-    """The ``attention_mask`` argument that makes ``backbone`` attend within rows only (see module doc)."""
+def backbone_masks(
+    backbone: PreTrainedModel, segments: torch.Tensor, dtype: torch.dtype, causal: bool = True
+) -> object:
+    """The ``attention_mask`` argument that makes ``backbone`` attend within rows only (see module doc).
+
+    ``segments``: (P, C) row index of each token, -1 for padding (a padded batch is one row per
+    sequence: 0 on real tokens). ``causal=False`` lifts the causal order inside each row.
+    """
     config = backbone.config
     implementation = getattr(config, "_attn_implementation", None) or "eager"
     if implementation.startswith("flash"):
+        if not causal:
+            raise ValueError(
+                f"bidirectional attention needs a dense mask, which {implementation} does not take: "
+                "use model.attn_implementation=sdpa (or eager / flex_attention)"
+            )
         return None
 
     def as_mask(allowed: torch.Tensor) -> torch.Tensor:
@@ -150,27 +163,54 @@ def backbone_masks(backbone: PreTrainedModel, packed: PackedRows, dtype: torch.d
             )
         return allowed
 
-    full = as_mask(block_causal_mask(packed.segments))
+    full = as_mask(block_causal_mask(segments, causal=causal))
     layer_types = getattr(config, "layer_types", None) or []
     window = getattr(config, "sliding_window", None)
     if "sliding_attention" in layer_types and window:
-        return {"full_attention": full, "sliding_attention": as_mask(block_causal_mask(packed.segments, window))}
+        sliding = as_mask(block_causal_mask(segments, window, causal=causal))
+        return {"full_attention": full, "sliding_attention": sliding}
     return full
 
 
+def attention_dtype(backbone: PreTrainedModel, device: torch.device) -> torch.dtype:
+    """The dtype attention runs in: autocast's when it is on, else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return backbone.get_input_embeddings().weight.dtype
+
+
+def pool_segments(hidden: torch.Tensor, packed: PackedRows, mode: str) -> torch.Tensor:
+    """(B, H) pooled states of the packed rows, in input order (``mode`` as :func:`models.pooling.pool`)."""
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (P * C, H)
+    if mode == "last_token":
+        return flat[packed.last_index]
+    segments = packed.segments.reshape(-1)
+    real = segments >= 0
+    weights = torch.ones_like(segments, dtype=torch.float32)
+    if mode == "weighted_mean":
+        weights = packed.position_ids.reshape(-1).float() + 1.0  # positions restart per row: the 1-based rank
+    rows = len(packed.last_index)
+    summed = flat.new_zeros((rows, flat.shape[1]), dtype=torch.float32)
+    summed.index_add_(0, segments[real], flat[real].float() * weights[real, None])
+    totals = weights.new_zeros(rows).index_add_(0, segments[real], weights[real])
+    return summed / totals[:, None]
+
+
 def pool_packed(
-    backbone: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int
+    backbone: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    capacity: int,
+    pooling: str = "last_token",
+    causal: bool = True,
 ) -> torch.Tensor:
-    """(B, H) hidden states at each row's last real token, computed on packed sequences."""
+    """(B, H) pooled hidden states of each row (at its last real token by default), computed on packed sequences."""
     packed = pack_rows(input_ids, attention_mask, capacity)
-    dtype = backbone.get_input_embeddings().weight.dtype
-    if torch.is_autocast_enabled(input_ids.device.type):
-        dtype = torch.get_autocast_dtype(input_ids.device.type)
+    dtype = attention_dtype(backbone, input_ids.device)
     outputs = backbone(
         input_ids=packed.input_ids,
-        attention_mask=backbone_masks(backbone, packed, dtype),
+        attention_mask=backbone_masks(backbone, packed.segments, dtype, causal),
         position_ids=packed.position_ids,
         use_cache=False,
     )
-    hidden = outputs.last_hidden_state  # (P, C, H)
-    return hidden.reshape(-1, hidden.shape[-1])[packed.last_index]  # (B, H)
+    return pool_segments(outputs.last_hidden_state, packed, pooling)  # (B, H)
