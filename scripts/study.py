@@ -1,17 +1,18 @@
 """The recipe study (docs/recipes.md): train variants of a tower one at a time, score each on a dev set, tabulate.
 
-    python scripts/study.py --plan configs/study/similarity.yaml --runs steps250 --seeds 0 1 2
-    python scripts/study.py --plan configs/study/similarity.yaml --runs steps250 --test   # also the test benchmark
+    python scripts/study.py --plan configs/study/similarity.yaml --runs b16-st250 --seeds 0 1 2
+    python scripts/study.py --plan configs/study/similarity.yaml --runs b16-st250 --test   # also the test benchmark
     python scripts/study.py --plan configs/study/similarity.yaml --table                 # markdown table of what exists
-    python scripts/study.py --plan configs/study/similarity.yaml --dry-run --runs steps250
+    python scripts/study.py --plan configs/study/similarity.yaml --dry-run --runs b16-st250
 
 A plan (``configs/study/<tower>.yaml``) names the experiment every run starts from, the ``eval/run.py``
-overrides of its dev and test benchmarks, and the runs: each a list of training overrides and the
-seeds it is run with. Each (run, seed) trains with ``accelerate launch train/contrastive.py`` under
-``nice -n 10`` and ``/usr/bin/time -v`` into ``runs_dir/<run>-s<seed>/``, then is scored with
-``eval/run.py`` (the harness ``scripts/towers.py`` also drives) into ``output_dir/<run>-s<seed>/``.
-Every finished step leaves a file, so a re-run continues where it stopped; runs go one at a time
-because the study's CPU is shared.
+overrides of its dev and test benchmarks, and the runs: each a list of training overrides, the
+seeds it is run with and optionally ``init: <run>-s<seed>`` (start from that run's final weights).
+Each (run, seed) trains with ``accelerate launch train/contrastive.py`` under ``nice -n 10`` and
+``/usr/bin/time -v`` into ``runs_dir/<run>-s<seed>/``, then is scored with ``eval/run.py`` (the
+harness ``scripts/towers.py`` also drives) into ``output_dir/<run>-s<seed>/``. Every finished step
+leaves a file, so a re-run continues where it stopped; runs go one at a time because the study's
+CPU is shared.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -121,9 +123,33 @@ def held_out(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def train(job: Job, dry_run: bool) -> None:
+def init_folder(plan: DictConfig, label: str, dry_run: bool) -> Path:
+    """A decoder folder made of another study run's final checkpoint (its ``backbone/`` and ``tokenizer/``
+    files, linked), to start a run from with ``model.pretrained=FOLDER``: continued training, e.g.
+    supervised pairs after cpt's text-neighbors objective. The tower's delimiters are already in its
+    vocabulary, so they keep their trained embeddings; the temperature starts afresh."""
+    source = final_checkpoint(ROOT / plan.runs_dir / label)
+    target = ROOT / plan.runs_dir / f"init-{label}"
+    if target.is_dir() or dry_run:
+        return target
+    if source is None or not (source / "backbone" / "config.json").is_file():
+        raise FileNotFoundError(f"run {label!r} has no full-weight checkpoint under {ROOT / plan.runs_dir / label}")
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for folder in ("backbone", "tokenizer"):
+        for file in (source / folder).iterdir():
+            (partial / file.name).symlink_to(file.resolve())
+    partial.rename(target)
+    return target
+
+
+def train(plan: DictConfig, job: Job, dry_run: bool) -> None:
     if job.train_record.is_file():
         return
+    init = plan.runs[job.run].get("init")
+    if init:
+        job.overrides.append(f"model.pretrained={init_folder(plan, init, dry_run)}")
     command = [*TRAIN_LAUNCH, *job.overrides, f"seed={job.seed}", "logging=none", "resume=auto",
                f"hydra.run.dir={job.run_dir}"]  # fmt: skip
     timed = ["nice", "-n", "10", "/usr/bin/time", "-v", "-o", str(job.run_dir / "time.txt"), *command]
@@ -137,6 +163,8 @@ def train(job: Job, dry_run: bool) -> None:
               "finished": time.strftime("%Y-%m-%d %H:%M"), **parse_time_v(job.run_dir / "time.txt"),
               **held_out(job.run_dir), "checkpoint": str(final_checkpoint(job.run_dir))}  # fmt: skip
     write_atomic(job.train_record, json.dumps(record, indent=1) + "\n")
+    for state in (job.run_dir / "checkpoints").glob("step-*/training_state"):
+        shutil.rmtree(state)  # optimizer moments (~0.7-1.5 GB a run): a finished study run is never resumed
 
 
 def evaluate(plan: DictConfig, job: Job, which: str, dry_run: bool) -> None:
@@ -198,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     selected = jobs(plan, args.runs, args.seeds)
     if not args.table:
         for job in selected:
-            train(job, args.dry_run)
+            train(plan, job, args.dry_run)
             if not args.no_dev:
                 evaluate(plan, job, "dev", args.dry_run)
             if args.test:
