@@ -173,10 +173,11 @@ def evaluate(plan: DictConfig, job: Job, which: str, dry_run: bool) -> None:
     if (folder / "results.json").is_file():
         return
     checkpoint = final_checkpoint(job.run_dir) if not dry_run else job.run_dir / "checkpoints" / "step-LAST"
+    own = {override.split("=", 1)[0] for override in plan[which]}  # the benchmark's own source.* values win
+    general = [o for o in plan.get("checkpoint_overrides", []) if o.split("=", 1)[0] not in own]
     command = [sys.executable, "eval/run.py", *plan[which], "source=checkpoint", f"source.checkpoint_dir={checkpoint}",
-               f"source.name={plan.tower}-{job.label}", *plan.get("checkpoint_overrides", []),
-               "reference_model=null", "show_progress=false", "plot=false", "mteb_results=false",
-               f"output_dir={folder}"]  # fmt: skip
+               f"source.name={plan.tower}-{job.label}", *general, "reference_model=null", "show_progress=false",
+               "plot=false", "mteb_results=false", f"output_dir={folder}"]  # fmt: skip
     run_logged(["nice", "-n", "10", *command], folder / "run.log", dry_run)
 
 
