@@ -17,3 +17,10 @@ class DataFormatError(ValueError):
         super().__init__(f"{where}: {message}")
         self.path = Path(path)
         self.line = line
+
+
+def innermost_message(error: BaseException) -> str:
+    """The innermost message of an exception chain, cut to one line (for errors that wrap a library's)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return str(error).splitlines()[0][:300] if str(error) else type(error).__name__

@@ -447,10 +447,10 @@ def load_corpus(path: str, column: str) -> Any:
     """Candidate texts from files (``--corpus``): the ``column`` of every row, memory-mapped."""
     import datasets
 
-    from pairdata.trainsets import _format_of, expand_files
+    from pairdata.trainsets import expand_files, format_of
 
     files = expand_files(path)
-    corpus = datasets.load_dataset(_format_of(files), data_files=files, split="train")
+    corpus = datasets.load_dataset(format_of(files), data_files=files, split="train")
     if column not in corpus.column_names:
         raise DataFormatError(
             path, f"has no column {column!r} (--corpus-column); its columns are {corpus.column_names}"

@@ -19,7 +19,6 @@ batches (never the whole table at once); a bad row fails with the dataset, the r
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pairdata.errors import DataFormatError
+from pairdata.filesets import FileSet, expand_files, first_columns, format_of
 from pairdata.pairs import Pair
+from pairdata.rowcheck import Locate, check_row, check_rows
+
+__all__ = ["Mixture", "built", "check_row", "check_rows", "expand_files", "from_pairs", "load_files", "load_hf"]
 
 if TYPE_CHECKING:
     import datasets
@@ -38,8 +41,6 @@ logger = logging.getLogger(__name__)
 TEXT_COLUMNS = ("x", "y")
 OPTIONAL_COLUMNS = ("source", "negatives")
 COLUMNS = (*TEXT_COLUMNS, *OPTIONAL_COLUMNS)
-FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
-SCAN_BATCH_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -182,51 +183,67 @@ def load_files(
     seed: int = 0,
     reshard: bool = True,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Pairs from JSONL / JSONL.gz / Parquet / CSV / Arrow files, folders or globs.
+    """Pairs from JSONL / JSONL.gz / Parquet / CSV / Arrow files, folders or globs (:mod:`pairdata.filesets`).
 
-    Files are converted once into Arrow files in the ``datasets`` cache (or ``cache_dir``) and
-    memory-mapped from there; a folder stands for every file of a known format inside it.
+    Only the mapped columns are read. They are converted once into one Arrow file (under
+    ``cache_dir``, default the ``datasets`` cache), a Parquet row group at a time, and memory-mapped
+    from there; a folder stands for every file of a known format inside it.
 
     Args:
         path: one path, folder or glob, or a list of them.
         columns: our column -> the file's column, e.g. ``{x: query, y: positive}``.
         format: ``json``, ``parquet``, ``csv`` or ``arrow``; default from the file extensions.
-        streaming: read the files as a stream (no conversion).
+        streaming: read the files as a stream (no conversion), one shard per Parquet row group or file.
         limit: keep only the first ``limit`` rows.
         cache_dir: where the Arrow copy is written (default: the ``datasets`` cache).
         shuffle_buffer: as in :func:`load_hf`.
         seed: as in :func:`load_hf`.
-        reshard: as in :func:`load_hf`.
+        reshard: with ``streaming``, one shard per Parquet row group (else one per file).
 
     Raises:
-        DataFormatError: a file cannot be read, naming the file (and line, for JSON Lines).
+        DataFormatError: a file cannot be read, lacks a mapped column, or holds a bad value, naming the
+            file, the row (and line, for JSON Lines) and the column.
     """
-    import datasets
-
     files = expand_files(path)
-    kind = format or _format_of(files)
+    kind = format or format_of(files)
     label = files[0] if len(files) == 1 else f"{len(files)} {kind} files ({files[0]}, ...)"
-    try:
-        loaded = datasets.load_dataset(kind, data_files=files, split="train", streaming=streaming, cache_dir=cache_dir)
-    except Exception as error:  # the builders raise many types; name the file (and line) at fault
-        if kind == "json":
-            locate_jsonl_error(files)
-        raise DataFormatError(label, f"could not be read as {kind} ({type(error).__name__}: {_cause(error)})") from None
-    try:
-        return prepare(_stream_order(loaded, shuffle_buffer, seed, reshard), label, columns, limit)
-    except DataFormatError as error:
-        if kind == "json" and "UTF-8" in str(error):
-            locate_jsonl_error(files)  # names the file and line
-        raise
+    first = first_columns(files, kind)
+    roles, required = _file_roles(columns, first[1], label)
+    fileset = FileSet.open(files, kind, roles, required, label, first=first)
+    if streaming:
+        stream = fileset.stream(by_row_group=reshard)
+        return prepare(_stream_order(stream, shuffle_buffer, seed, reshard=False), label, columns, limit)
+    dataset, counts = fileset.convert(cache_dir)
+    return prepare(dataset, label, columns, limit, locate=lambda row: fileset.origin(row, counts))
 
 
-def locate_jsonl_error(files: Sequence[str]) -> None:
-    """Re-read JSON Lines files with :func:`pairdata.pairs.iter_jsonl`, which names the file and line at fault."""
-    from pairdata.pairs import iter_jsonl
+def _file_roles(
+    columns: Mapping[str, str | None] | None, available: Mapping[str, Any], label: str
+) -> tuple[dict[str, str], list[str]]:
+    """The files' columns to read with the role of each (x, y, source, negatives, negative), and those
+    that must exist (the texts, and any column the map names)."""
+    mapping = resolve_columns(columns)
+    roles = {mapping["x"]: "x", mapping["y"]: "y"}
+    required = [mapping["x"], mapping["y"]]
+    if "source" in mapping:
+        roles.setdefault(mapping["source"], "source")
+        if columns_named(columns, "source"):
+            required.append(mapping["source"])
+    if columns_named(columns, "negatives"):
+        names = negative_columns(list(available), columns["negatives"], label)  # type: ignore[index]
+        for name in names:
+            alone_list = len(names) == 1 and _is_list_type(available.get(name))
+            roles.setdefault(name, "negatives" if alone_list else "negative")
+        required += names
+    elif "negatives" in mapping:
+        roles.setdefault(mapping["negatives"], "negatives")
+    return roles, required
 
-    for filename in files:
-        for _ in iter_jsonl(filename):
-            pass
+
+def _is_list_type(dtype: Any) -> bool:
+    import pyarrow as pa
+
+    return dtype is not None and (pa.types.is_list(dtype) or pa.types.is_large_list(dtype))
 
 
 def _stream_order(dataset: Any, shuffle_buffer: int, seed: int, reshard: bool) -> Any:
@@ -314,8 +331,10 @@ def prepare(
     columns: Mapping[str, str | None] | None,
     limit: int | None,
     check: bool = True,
+    locate: Locate | None = None,
 ) -> Any:
-    """Map the set's columns to ours, keep only ours, cut to ``limit`` and check every row.
+    """Map the set's columns to ours, keep only ours, cut to ``limit`` and check every row (once per
+    set: :func:`pairdata.rowcheck.check_rows`); ``locate`` names a bad row's file and row.
 
     Raises:
         DataFormatError: a column the map names is missing, a required column is absent, or a row's
@@ -323,6 +342,8 @@ def prepare(
     """
     if limit is not None and limit < 1:
         raise ValueError(f"data.limit must be a positive integer or null, got {limit}")
+    if is_streaming(dataset):
+        dataset.info.dataset_name = label  # what the trainer's stream errors name
     columns = dict(columns or {})
     if columns_named(columns, "negatives") and dataset.column_names is not None:
         dataset, columns["negatives"] = pack_negatives(dataset, label, columns["negatives"])
@@ -343,7 +364,7 @@ def prepare(
         if len(dataset) == 0:
             raise DataFormatError(label, "holds no rows")
         if check:
-            check_rows(dataset, label, mapping)
+            check_rows(dataset, label, mapping, locate)
     if available is not None and list(available) != list(mapping.values()):
         dataset = dataset.select_columns(list(mapping.values()))
     renames = {theirs: ours for ours, theirs in mapping.items() if theirs != ours}
@@ -360,28 +381,10 @@ def pack_negatives(dataset: Any, label: str, spec: str | Sequence[str]) -> tuple
     triplet sets, in the columns' natural order). A null cell is a missing negative: that row has
     fewer (the trainer counts them); an empty string is an error, as for any negative.
     """
-    import fnmatch
-    import re
-
     import datasets
 
     available = list(dataset.column_names)
-    if isinstance(spec, str) and any(ch in spec for ch in "*?["):
-        names = sorted(
-            fnmatch.filter(available, spec), key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]
-        )
-        if not names:
-            raise DataFormatError(
-                label, f"no column matches data.columns.negatives={spec!r}; its columns are {available}"
-            )
-    else:
-        names = [spec] if isinstance(spec, str) else [str(name) for name in spec]
-    missing = [name for name in names if name not in available]
-    if missing:
-        raise DataFormatError(
-            label, f"has no column {missing[0]!r} (for 'negatives'); its columns are {available}. "
-            "Map them with data.columns.negatives=NAME, a list of names, or a pattern such as 'negative_*'",
-        )  # fmt: skip
+    names = negative_columns(available, spec, label)
     features = getattr(dataset, "features", None) or {}
     is_list = [isinstance(features.get(name), (datasets.List, datasets.LargeList)) for name in names]
     if len(names) == 1 and is_list[0]:
@@ -409,6 +412,31 @@ def pack_negatives(dataset: Any, label: str, spec: str | Sequence[str]) -> tuple
     return (packed.select_columns([*keep, "negatives"]) if keep else packed), "negatives"
 
 
+def negative_columns(available: Sequence[str], spec: str | Sequence[str], label: str) -> list[str]:
+    """The columns ``data.columns.negatives`` names: one, a list, or a pattern (natural order)."""
+    import fnmatch
+    import re
+
+    available = list(available)
+    if isinstance(spec, str) and any(ch in spec for ch in "*?["):
+        names = sorted(
+            fnmatch.filter(available, spec), key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]
+        )
+        if not names:
+            raise DataFormatError(
+                label, f"no column matches data.columns.negatives={spec!r}; its columns are {available}"
+            )
+    else:
+        names = [spec] if isinstance(spec, str) else [str(name) for name in spec]
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise DataFormatError(
+            label, f"has no column {missing[0]!r} (for 'negatives'); its columns are {available}. "
+            "Map them with data.columns.negatives=NAME, a list of names, or a pattern such as 'negative_*'",
+        )  # fmt: skip
+    return names
+
+
 def resolve_columns(columns: Mapping[str, str | None] | None) -> dict[str, str]:
     """Our column -> the set's column, defaulting to the same names; ``None`` drops an optional one."""
     given = dict(columns or {})
@@ -432,108 +460,6 @@ def columns_named(columns: Mapping[str, str | None] | None, ours: str) -> bool:
     return bool(columns) and columns.get(ours) is not None and columns.get(ours) != ours
 
 
-def check_rows(dataset: datasets.Dataset, label: str, mapping: Mapping[str, str] | None = None) -> None:
-    """Every ``x``/``y`` a non-empty string, every ``negatives`` a list of non-empty strings.
-
-    ``mapping`` (our column -> the set's column) names the columns to read. The Arrow data is read
-    in record batches, so memory stays flat however large the set.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    mapping = {ours: theirs for ours, theirs in (mapping or {n: n for n in COLUMNS}).items() if ours != "source"}
-    mapping = {ours: theirs for ours, theirs in mapping.items() if theirs in dataset.column_names}
-    for ours in TEXT_COLUMNS:
-        feature = dataset.features[mapping[ours]]
-        if getattr(feature, "dtype", None) not in ("string", "large_string"):
-            raise DataFormatError(
-                label, f"column {mapping[ours]!r} (for {ours!r}) must hold strings, it holds {feature}"
-            )
-    start = 0
-    for batch in _record_batches(dataset, list(mapping.values())):
-        for ours in TEXT_COLUMNS:
-            column = batch.column(mapping[ours])
-            try:
-                first = _first_blank(column)
-            except pa.ArrowInvalid:  # a reader let bytes through that are not UTF-8
-                raise DataFormatError(
-                    label,
-                    f"rows {start}..{start + batch.num_rows - 1}: column {mapping[ours]!r} holds text that is not "
-                    "valid UTF-8",
-                ) from None
-            if first >= 0:
-                raise DataFormatError(
-                    label,
-                    f"row {start + first}: column {mapping[ours]!r} must be a non-empty string, "
-                    f"got {column[first].as_py()!r:.80}",
-                )
-        if "negatives" in mapping:
-            column = batch.column(mapping["negatives"])
-            flat = (
-                pc.list_flatten(column)
-                if pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-                else None
-            )
-            if flat is None or not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
-                raise DataFormatError(
-                    label, f"column {mapping['negatives']!r} must hold lists of strings, it holds {column.type}"
-                )
-            hit = _first_blank(flat) if len(flat) else -1
-            if hit >= 0:
-                row = pc.list_parent_indices(column)[hit].as_py()
-                raise DataFormatError(
-                    label, f"row {start + row}: column {mapping['negatives']!r} holds an empty negative"
-                )
-        start += batch.num_rows
-
-
-def _first_blank(column: Any) -> int:
-    """Index of the first null or whitespace-only string of an Arrow array, or -1."""
-    import pyarrow.compute as pc
-
-    blank = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
-    return pc.index(pc.fill_null(blank, True), True).as_py()
-
-
-def check_row(row: Mapping[str, Any], label: str, index: int) -> None:
-    """The same checks for one row (streamed sets, which cannot be scanned up front)."""
-    for name in TEXT_COLUMNS:
-        value = row.get(name)
-        if not isinstance(value, str) or not value.strip():
-            raise DataFormatError(label, f"row {index}: column {name!r} must be a non-empty string, got {value!r:.80}")
-    negatives = row.get("negatives")
-    if negatives is not None and (
-        not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives)
-    ):
-        raise DataFormatError(label, f"row {index}: column 'negatives' must be a list of non-empty strings")
-
-
-def _record_batches(dataset: datasets.Dataset, names: Sequence[str]):
-    """The dataset's ``names`` columns as pyarrow record batches.
-
-    A set backed by Arrow files (and not re-indexed) is read from the files through buffered
-    reads rather than the memory map, so a scan of a 50M-row set does not leave its pages resident.
-    """
-    import pyarrow as pa
-
-    files = [entry["filename"] for entry in dataset.cache_files]
-    if dataset._indices is None and files and sum(_arrow_rows(f) for f in files) == len(dataset):
-        for filename in files:
-            with pa.OSFile(filename, "rb") as handle:
-                for batch in pa.ipc.open_stream(handle):
-                    yield batch.select(list(names))
-        return
-    for table in dataset.select_columns(list(names)).with_format("arrow").iter(batch_size=SCAN_BATCH_ROWS):
-        yield from table.to_batches()
-
-
-def _arrow_rows(filename: str) -> int:
-    import pyarrow as pa
-
-    with pa.memory_map(filename, "r") as handle:  # reads only the batch headers
-        return sum(batch.num_rows for batch in pa.ipc.open_stream(handle))
-
-
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -555,49 +481,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def expand_files(path: str | Sequence[str]) -> list[str]:
-    """Files named by a path, folder or glob (or a list of them), sorted within each entry."""
-    entries = [path] if isinstance(path, str) else list(path)
-    if not entries:
-        raise FileNotFoundError("data.path names no files")
-    files: list[str] = []
-    for entry in entries:
-        expanded = str(Path(entry).expanduser())
-        if Path(expanded).is_dir():
-            found = sorted(str(p) for p in Path(expanded).rglob("*") if p.is_file() and _suffix(p.name) in FILE_FORMATS)
-        else:
-            found = sorted(glob.glob(expanded, recursive=True))
-        if not found:
-            raise FileNotFoundError(f"data.path={entry!r} matches no files (formats: {sorted(FILE_FORMATS)}, .gz too)")
-        files.extend(found)
-    return files
-
-
-def _format_of(files: Sequence[str]) -> str:
-    kinds = {FILE_FORMATS.get(_suffix(f)) for f in files}
-    if None in kinds:
-        unknown = next(f for f in files if _suffix(f) not in FILE_FORMATS)
-        raise DataFormatError(
-            unknown, f"unknown file type; known: {sorted(FILE_FORMATS)} (optionally .gz), or set data.format"
-        )
-    if len(kinds) > 1:
-        raise DataFormatError(files[0], f"data.path mixes formats {sorted(kinds)}; give one format per dataset")
-    return kinds.pop()
-
-
-def _suffix(name: str) -> str:
-    name = name.lower().removesuffix(".gz")
-    return Path(name).suffix
-
-
 def _pick_split(loaded: Any, split: str, label: str) -> Any:
     if split not in loaded:
         raise FileNotFoundError(f"{label} has no split {split!r}; it has {sorted(loaded)}")
     return loaded[split]
-
-
-def _cause(error: BaseException) -> str:
-    """The innermost message of an exception chain, cut to one line."""
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__  # type: ignore[assignment]
-    return str(error).splitlines()[0][:300] if str(error) else type(error).__name__

@@ -206,9 +206,7 @@ class StreamSteps:
         prefetch: int = 2,
         negatives: NegativeChoice | None = None,
     ) -> None:
-        from datasets.distributed import split_dataset_by_node
-
-        self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size) if world_size > 1 else dataset
+        self.dataset = split_stream(dataset, label, rank, world_size)
         self.label = label
         self.tokenization = tokenization
         self.local_batch = local_batch
@@ -274,6 +272,27 @@ class StreamSteps:
                     out.get_nowait()
                 except queue.Empty:
                     worker.join(timeout=0.05)
+
+
+def split_stream(dataset: Any, label: str, rank: int, world_size: int) -> Any:
+    """This process's shards of a stream: shard ``rank``, ``rank + world_size``, ... so every row is read by
+    one process per pass, whatever the shard count (a count that is not a multiple of the processes
+    leaves some with one shard more). Fewer shards than processes is refused with the fix.
+
+    (``datasets``' default for such counts has every process read every row and keep 1 in N.)
+    """
+    if world_size == 1:
+        return dataset
+    from datasets.distributed import split_dataset_by_node
+
+    if dataset.num_shards < world_size:
+        raise ValueError(
+            f"{label}: the stream has {dataset.num_shards} shard(s) for {world_size} processes, so some process "
+            "would read nothing (or all would read every row). Give it at least one shard per process: more "
+            "files (e.g. split a JSON Lines file with `split -n l/N`), Parquet files with smaller row groups "
+            "(data.reshard=true reads one shard per row group), or fewer processes"
+        )
+    return split_dataset_by_node(dataset, rank=rank, world_size=world_size, strategy="shards")
 
 
 @dataclass

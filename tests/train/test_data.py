@@ -122,7 +122,8 @@ def test_a_malformed_jsonl_gz_names_its_file_and_line(tmp_path) -> None:
         load_files(str(not_gzip))
     bad_utf8 = tmp_path / "latin1.jsonl"
     bad_utf8.write_bytes(b'{"x": "a", "y": "b"}\n{"x": "caf\xe9", "y": "b"}\n')
-    with pytest.raises(DataFormatError, match=f"{bad_utf8}:2: not valid UTF-8") as caught:
+    expected = f"{bad_utf8}:2: row 1: column 'x' holds text that is not valid UTF-8"
+    with pytest.raises(DataFormatError, match=expected) as caught:
         load_files(str(bad_utf8))
     assert len(str(caught.value)) < 300
 
