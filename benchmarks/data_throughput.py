@@ -107,7 +107,7 @@ def child(args: argparse.Namespace) -> None:
         dataset = load_files(str(args.path), columns={"x": "query", "y": "positive"})
         out = {"rows": len(dataset)}
     else:
-        from train.loop import train
+        from train.contrastive import train
 
         with tempfile.TemporaryDirectory() as work:
             # the tiny decoder trains whole; SmolLM2 as the offline default does (top 6 blocks)

@@ -56,8 +56,9 @@ def measure_one(model: str, method: str, args: argparse.Namespace, work: Path) -
     """Train one (model, method) in this process; return its row."""
     import torch
 
-    from train.distributed import release_accelerator_state
-    from train.loop import build_run, train_steps
+    from train.build import build_run
+    from train.launch import release_accelerator_state
+    from train.loop import train_steps
 
     overrides = [*model_overrides(model), "logging=none", f"trainer.steps={args.steps}", "trainer.eval_every=0",
                  f"trainer.batch_size={args.batch}", f"trainer.max_length={args.max_length}", f"seed={args.seed}",
@@ -66,6 +67,7 @@ def measure_one(model: str, method: str, args: argparse.Namespace, work: Path) -
         overrides.append(f"trainer.lr={args.lora_lr}")
     output = work / f"{model}-{method}"
     cfg = compose(overrides, output)
+    run = None
     try:
         run = build_run(cfg, output)
         parameters = list(run.embedder.parameters())
@@ -80,6 +82,8 @@ def measure_one(model: str, method: str, args: argparse.Namespace, work: Path) -
             if torch.is_tensor(value)
         )
     finally:
+        if run is not None and run.lock is not None:
+            run.lock.release()
         release_accelerator_state()
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     seconds = [r["samples_seen"] / r["step"] / r["pairs_per_s"] for r in records if "pairs_per_s" in r][1:]

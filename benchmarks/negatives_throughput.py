@@ -46,7 +46,7 @@ def write_rows(path: Path, most: int, data_dir: Path, rows: int = 2000) -> Path:
 
 
 def ours_seconds(model: str, path: Path, k: int, batch: int, length: int, steps: int, work: Path) -> float:
-    from train.loop import train
+    from train.contrastive import train
 
     cfg = peer.compose(
         [*peer.model_overrides(model), "trainer=cpu", "logging=none", "data=files", f"data.path={path}",

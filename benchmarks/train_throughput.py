@@ -179,7 +179,7 @@ def ours_timing(
     extra: tuple[str, ...] = (),
 ) -> StepTiming:
     """Our trainer, full fine-tuning, on the data the overrides name; ``extra``: e.g. packing, precision."""
-    from train.loop import train
+    from train.contrastive import train
 
     counter = TokenCounter()
     counter.install_on_ours()
@@ -374,7 +374,7 @@ def peak_rss_mib() -> float:
 
 def memory_one(batch: int, chunk: int | None, max_length: int, data: Path) -> None:
     """One training step in this process; print peak RSS (MiB) and seconds as JSON."""
-    from train.loop import train
+    from train.contrastive import train
 
     with tempfile.TemporaryDirectory() as work:
         cfg = compose(

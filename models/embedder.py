@@ -567,28 +567,15 @@ def enable_activation_checkpointing(backbone: PreTrainedModel) -> None:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def is_complete_export(folder: Path) -> bool:
-    """Whether ``folder`` holds a whole embedder: config, heads, tokenizer and every backbone's weights
-    (every adapter's, for a LoRA checkpoint)."""
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file() or not (folder / HEADS_NAME).is_file() or not (folder / TOKENIZER_DIR).is_dir():
-        return False
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError):
-        return False
-    stem = "adapter" if "lora" in config else "backbone"
-    names = [stem] if config.get("shared_weights", True) else [f"{stem}-{n}" for n in config.get("sides", {})]
-    return all(any((folder / name).glob("*.safetensors")) for name in names)
-
-
 def resolve_checkpoint_dir(directory: str | Path) -> Path:
-    """A checkpoint folder itself, or the newest ``checkpoints/step-*`` inside a training run folder."""
+    """A checkpoint folder itself, or the newest complete ``checkpoints/step-*`` inside a training run folder."""
+    from models.manifest import is_complete
+
     directory = Path(directory).expanduser()
     if (directory / CONFIG_NAME).is_file() or not (directory / "checkpoints").is_dir():
         return directory
     steps = sorted(
-        (path for path in (directory / "checkpoints").glob("step-*") if is_complete_export(path)),
+        (path for path in (directory / "checkpoints").glob("step-*") if is_complete(path)),
         key=lambda path: int(path.name.removeprefix("step-")),
     )
     if not steps:

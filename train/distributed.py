@@ -26,18 +26,6 @@ def all_gather_with_grad(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
-def release_accelerator_state() -> None:
-    """Forget the process-wide ``AcceleratorState`` (not the process group) after a run.
-
-    Hydra ``--multirun`` and the tests run several trainings in one process; ``accelerate`` keeps
-    one global state and refuses a second ``Accelerator`` with other settings (e.g. another
-    ``mixed_precision``). accelerate offers no public call for this; its own tests use this one.
-    """
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-
-
 def gather_keys(keys: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenate integer ``keys`` (e.g. text hashes) from every process along dim 0, without gradients."""
     if not _several(world_size):

@@ -1,4 +1,5 @@
-"""Benchmarks scored while training (``trainer.eval_benchmarks``) and the ``best/`` checkpoint they select.
+"""Validation while training: the held-out pairs' loss and accuracy, the benchmarks scored while training
+(``trainer.eval_benchmarks``) and the ``best/`` checkpoint they select (:class:`Validator` runs all three).
 
 Each entry of ``trainer.eval_benchmarks`` is a benchmark config (``_target_`` and its arguments, as in
 ``configs/benchmark/``), usually a cheap subset: STS-B dev (``split: dev``), 200 ArguAna queries over
@@ -20,11 +21,17 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from models import truncate_embeddings
+from pairdata import Pair
 from pairdata.store import replace_folder
+from train.batching import HeldOut
+from train.losses import InfoNCE
 
 logger = logging.getLogger(__name__)
 
@@ -122,3 +129,91 @@ class BestCheckpoint:
         logger.info("best %s %.4f at step %d: %s", self.metric, value, step, self.folder)
         self.value, self.step = value, step
         return True
+
+
+class Validator:
+    """Held-out metrics (every process), the training-time benchmarks and the best checkpoint (main process).
+
+    Args:
+        accelerator: the run's accelerator (logging, and the wait while the main process scores benchmarks).
+        validation: the held-out (xs, ys) texts.
+        sides: the x and y side names.
+        settings: the trainer settings (length, batch, benchmarks, best metric).
+        run_name: names the benchmark scores' model.
+        output_dir: the run folder (``best/`` lives there).
+        metrics_file: where the scores are written.
+        run_config: the resolved config, saved with the best checkpoint.
+        prefix_dims: Matryoshka sizes whose prefix accuracy is also reported.
+    """
+
+    def __init__(
+        self, accelerator: Any, validation: tuple[Sequence[str], Sequence[str]], sides: tuple[str, str],
+        settings: Any, run_name: str, output_dir: Path, metrics_file: Any, run_config: str,
+        prefix_dims: Sequence[int] = (),
+    ) -> None:  # fmt: skip
+        self.accelerator = accelerator
+        self.validation = validation
+        self.sides = sides
+        self.settings = settings
+        self.metrics_file = metrics_file
+        self.run_config = run_config
+        self.prefix_dims = tuple(prefix_dims)
+        main = accelerator.is_main_process
+        self.evaluator = None
+        if main and settings.eval_benchmarks:
+            self.evaluator = TrainingEvaluator(settings.eval_benchmarks, settings.max_length, settings.batch_size,
+                                               run_name)  # fmt: skip
+        self.best = None
+        if main and settings.best_metric:
+            self.best = BestCheckpoint(output_dir, settings.best_metric, settings.best_mode)
+
+    def __call__(self, embedder: Any, step: int) -> dict[str, float]:
+        """Score ``embedder`` at ``step``; returns the held-out metrics (``val_loss``, ``val_accuracy``, ...)."""
+        xs, ys = self.validation
+        scores = {}
+        if xs:
+            scores = validation_metrics(embedder, xs, ys, self.sides, self.settings.max_length,
+                                        self.settings.batch_size, self.prefix_dims)  # fmt: skip
+        benchmarks = self.evaluator.evaluate(embedder, step) if self.evaluator is not None else {}
+        if scores or benchmarks:
+            self.metrics_file.write({"step": step, **scores, **benchmarks})
+            logged = {f"val/{key.removeprefix('val_')}": value for key, value in scores.items()}
+            self.accelerator.log({**logged, **benchmarks}, step=step)
+        if self.best is not None:
+            self.best.offer({**scores, **benchmarks}, step, embedder, self.run_config)
+        if self.settings.eval_benchmarks or self.settings.best_metric:
+            self.accelerator.wait_for_everyone()  # the other processes wait for the main one's benchmarks
+        return scores
+
+
+def split_validation(pairs: Sequence[Pair], count: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Hold out ``count`` pairs (chosen with ``seed``, as a run does) for validation; the rest is for training."""
+    held = HeldOut(len(pairs), count, seed).held.tolist()
+    chosen = set(held)
+    return [p for i, p in enumerate(pairs) if i not in chosen], [pairs[i] for i in held]
+
+
+@torch.no_grad()
+def validation_metrics(
+    embedder: Any,
+    xs: Sequence[str],
+    ys: Sequence[str],
+    sides: tuple[str, str],
+    max_length: int,
+    batch_size: int,
+    prefix_dims: Sequence[int] = (),
+) -> dict[str, float]:
+    """Loss and top-1 accuracy over the held-out pairs as ONE batch (every other pair a negative),
+    so values are comparable across steps; run identically on every process. For each of
+    ``prefix_dims`` (Matryoshka sizes) also the accuracy of the re-normalised prefix."""
+    x = embedder.encode(list(xs), sides[0], batch_size=batch_size, max_length=max_length)
+    y = embedder.encode(list(ys), sides[1], batch_size=batch_size, max_length=max_length)
+    scale = embedder.logit_scale().detach().float().cpu()
+    loss = InfoNCE()
+    out = loss(x, y, scale)
+    scores = {"val_loss": out["contrastive_loss"].item(), "val_accuracy": out["accuracy"].item()}
+    for dim in prefix_dims:
+        if dim < x.shape[1]:
+            prefix = loss(truncate_embeddings(x, dim), truncate_embeddings(y, dim), scale)
+            scores[f"val_accuracy@{dim}"] = prefix["accuracy"].item()
+    return scores

@@ -13,6 +13,10 @@ from typing import Any
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 
 
+class ConfigError(ValueError):
+    """A ``trainer.*`` value that cannot run, named with what would (the entry point prints it in one line)."""
+
+
 @dataclass
 class TrainerSettings:
     """Keys of ``configs/trainer/*.yaml`` (see that folder for what each one means)."""
@@ -56,6 +60,15 @@ class TrainerSettings:
             return self.mixed_precision
         return "bf16" if native_bf16() else "no"
 
+    def check_distributed(self, distributed_type: Any) -> None:
+        """Refuse options that the launched distributed engine cannot run."""
+        if str(distributed_type).endswith("DEEPSPEED") and (self.gradcache_chunk or self.grad_accum_steps > 1):
+            raise ConfigError(
+                "trainer.gradcache_chunk and trainer.grad_accum_steps > 1 do not compose with DeepSpeed (its "
+                "engine owns backward, accumulation and the optimizer step): use DDP or FSDP for them "
+                "(configs/accelerate/), or set trainer.gradcache_chunk=null trainer.grad_accum_steps=1"
+            )
+
     @property
     def pack_tokens(self) -> int | None:
         """Tokens per packed sequence when packing (``pack_length``, else ``max_length``), else None."""
@@ -66,7 +79,7 @@ class TrainerSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"unknown trainer option(s) {unknown}; valid options are {sorted(known)}")
+            raise ConfigError(f"unknown trainer option(s) {unknown}; valid options are {sorted(known)}")
         hints = typing.get_type_hints(cls)
         for key, value in config.items():
             check_type(f"trainer.{key}", value, hints[key])
@@ -78,27 +91,27 @@ class TrainerSettings:
     def validate(self) -> None:
         for name in ("steps", "batch_size", "max_length", "grad_accum_steps", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_length < 3:
-            raise ValueError(f"trainer.max_length must be >= 3 (two delimiters + one token), got {self.max_length}")
+            raise ConfigError(f"trainer.max_length must be >= 3 (two delimiters + one token), got {self.max_length}")
         if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"trainer.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+            raise ConfigError(f"trainer.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.gradcache_chunk is not None and self.gradcache_chunk < 1:
-            raise ValueError(f"trainer.gradcache_chunk must be >= 1 or null, got {self.gradcache_chunk}")
+            raise ConfigError(f"trainer.gradcache_chunk must be >= 1 or null, got {self.gradcache_chunk}")
         if self.num_workers < 0:
-            raise ValueError(f"trainer.num_workers must be >= 0, got {self.num_workers}")
+            raise ConfigError(f"trainer.num_workers must be >= 0, got {self.num_workers}")
         if self.prefetch_factor < 1:
-            raise ValueError(f"trainer.prefetch_factor must be >= 1, got {self.prefetch_factor}")
+            raise ConfigError(f"trainer.prefetch_factor must be >= 1, got {self.prefetch_factor}")
         if self.pack_length is not None and self.pack_length < self.max_length:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.pack_length must be >= trainer.max_length ({self.max_length}) or null, got {self.pack_length}"
             )
         if self.lr <= 0:
-            raise ValueError(f"trainer.lr must be > 0, got {self.lr}")
+            raise ConfigError(f"trainer.lr must be > 0, got {self.lr}")
         if self.best_mode not in ("max", "min"):
-            raise ValueError(f"trainer.best_mode must be max or min, got {self.best_mode!r}")
+            raise ConfigError(f"trainer.best_mode must be max or min, got {self.best_mode!r}")
         if self.best_metric is not None and not self.eval_benchmarks and not self.best_metric.startswith("val_"):
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.best_metric={self.best_metric!r} names a benchmark score but trainer.eval_benchmarks is empty"
             )
 
@@ -108,7 +121,7 @@ def check_type(name: str, value: Any, hint: Any) -> None:
     if _fits(value, hint):
         return
     expected = str(hint).replace("typing.", "") if typing.get_origin(hint) else hint.__name__
-    raise ValueError(f"{name} must be of type {expected}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{name} must be of type {expected}, got {value!r} ({type(value).__name__})")
 
 
 def _fits(value: Any, hint: Any) -> bool:

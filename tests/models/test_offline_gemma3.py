@@ -60,7 +60,7 @@ def test_gemma3_lora_run_checkpoint_and_export(gemma_folder, tmp_path) -> None:
     from models import DecoderEmbedder
     from serve.export import export
     from tests.train.test_training import write_pairs
-    from train.loop import train
+    from train.contrastive import train
 
     data = write_pairs(tmp_path / "pairs.jsonl", 8)
     overrides = ["model=gemma3-270m", "tower=search", "trainer=cpu", "logging=none", "data=jsonl",

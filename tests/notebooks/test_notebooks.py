@@ -69,7 +69,7 @@ def test_runner_injects_parameters_after_the_parameters_cell_and_strips_outputs(
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-step training run of the tiny random model: metrics.jsonl (with validations) and a checkpoint."""
-    from train.loop import train
+    from train.contrastive import train
 
     folder = tmp_path_factory.mktemp("tiny-run")
     pairs = folder / "pairs.jsonl"

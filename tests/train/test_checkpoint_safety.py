@@ -14,7 +14,7 @@ from models.embedder import resolve_checkpoint_dir
 from tests.conftest import compose_train_config
 from tests.train.test_training import tiny_overrides
 from train.checkpoint import find_resume_checkpoint, list_checkpoints
-from train.loop import train
+from train.contrastive import train
 
 
 def run_with_checkpoints(tmp_path: Path, steps: int = 3) -> Path:
@@ -32,7 +32,7 @@ def test_a_checkpoint_without_its_weights_is_not_complete(tmp_path) -> None:
     assert [p.name for p in list_checkpoints(run)] == ["step-000001", "step-000002"]
     assert resolve_checkpoint_dir(run).name == "step-000002"
     assert find_resume_checkpoint(run, "auto").name == "step-000002"
-    with pytest.raises(FileNotFoundError, match="not a finished training checkpoint"):
+    with pytest.raises(FileNotFoundError, match="not a complete training checkpoint.*missing"):
         find_resume_checkpoint(run, str(newest))
 
 

@@ -18,7 +18,7 @@ from pairdata.trainsets import load_files, load_hf
 from tests.conftest import compose_train_config
 from tests.train.test_scale import final_weights, losses
 from tests.train.test_training import write_pairs
-from train.loop import train
+from train.contrastive import train
 
 
 def real_rows(tmp_path: Path, count: int) -> list[dict]:

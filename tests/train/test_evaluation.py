@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import compose_train_config, require_shared_data
 from tests.train.test_training import tiny_overrides
-from train.loop import train
+from train.contrastive import train
 
 
 def _with_benchmarks(tmp_path: Path, *extra: str) -> list[str]:

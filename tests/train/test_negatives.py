@@ -16,8 +16,8 @@ from pairdata.trainsets import load_files
 from tests.conftest import compose_train_config
 from tests.train.test_scale import assert_same_weights, final_weights, losses, run_one_and_two_processes
 from tests.train.test_training import write_pairs
+from train.contrastive import train
 from train.data import NegativeChoice
-from train.loop import train
 from train.losses import InfoNCE, Matryoshka, MatryoshkaLoss, symmetric_info_nce
 
 

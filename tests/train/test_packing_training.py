@@ -9,7 +9,7 @@ import torch
 from tests.conftest import compose_train_config
 from tests.train.test_negatives import overrides, write_with_negatives
 from tests.train.test_scale import assert_same_weights, final_weights, losses, run_one_and_two_processes
-from train.loop import train
+from train.contrastive import train
 from train.settings import TrainerSettings
 
 

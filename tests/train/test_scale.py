@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO_ROOT, compose_train_config
 from tests.train.test_training import tiny_overrides, write_pairs
+from train.contrastive import train
 from train.gradcache import RandState
-from train.loop import train
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -167,10 +167,11 @@ def test_fresh_start_refuses_a_folder_with_checkpoints(tmp_path) -> None:
 
 
 def test_nonfinite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
+    import train.build as build
     import train.loop as loop
     from models import DecoderEmbedder
 
-    real = loop.build_loss(0, 1, None)
+    real = build.build_loss(0, 1, None)
     calls = {"n": 0}
 
     def nan_on_third_step(x, y, scale, x_keys=None, y_keys=None):
@@ -180,7 +181,7 @@ def test_nonfinite_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) ->
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(loop, "build_loss", lambda rank, world_size, matryoshka: nan_on_third_step)
+    monkeypatch.setattr(build, "build_loss", lambda rank, world_size, matryoshka: nan_on_third_step)
     cfg = compose_train_config(
         tiny_overrides(tmp_path, pairs=4, steps=5, extra=("trainer.checkpoint_every=1", "trainer.keep_checkpoints=0")),
         tmp_path,

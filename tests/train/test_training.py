@@ -10,7 +10,8 @@ import torch
 
 from pairdata import DataFormatError, Pair
 from tests.conftest import CONFIG_DIR, compose_train_config, require_shared_data
-from train.loop import NonFiniteLossError, train
+from train.contrastive import train
+from train.loop import NonFiniteLossError
 
 
 def write_pairs(path: Path, count: int) -> Path:
@@ -134,7 +135,7 @@ def test_lora_run_logs_its_adapters_and_writes_an_adapter_checkpoint(tmp_path, c
     from models import DecoderEmbedder
 
     cfg = compose_train_config(tiny_overrides(tmp_path, extra=("model.lora.r=4", "trainer.lr=1e-2")), tmp_path)
-    with caplog.at_level("INFO", logger="train.loop"):
+    with caplog.at_level("INFO", logger="train.tracking"):
         result = train(cfg, tmp_path / "run")
     assert "LoRA (" in caplog.text and "14 modules" in caplog.text and "delimiter rows trained" in caplog.text
     checkpoint = Path(result["checkpoint"])
@@ -146,7 +147,7 @@ def test_lora_run_logs_its_adapters_and_writes_an_adapter_checkpoint(tmp_path, c
 def test_train_top_layers_with_lora_adapts_only_the_top_blocks(tmp_path, caplog) -> None:
     extra = ("model.lora.r=4", "trainer.train_top_layers=1")
     cfg = compose_train_config(tiny_overrides(tmp_path, extra=extra), tmp_path)
-    with caplog.at_level("INFO", logger="train.loop"):
+    with caplog.at_level("INFO", logger="train.tracking"):
         result = train(cfg, tmp_path / "run")
     assert "top 1 blocks" in caplog.text and "delimiter rows frozen" in caplog.text
     saved = json.loads((Path(result["checkpoint"]) / "embedder_config.json").read_text())
@@ -156,13 +157,13 @@ def test_train_top_layers_with_lora_adapts_only_the_top_blocks(tmp_path, caplog)
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, monkeypatch) -> None:
-    import train.loop as loop
+    import train.build as build
 
     def nan_loss(x, y, scale, x_keys=None, y_keys=None):
         loss = (x * float("nan")).sum()
         return {"loss": loss, "contrastive_loss": loss, "accuracy": torch.zeros(())}
 
-    monkeypatch.setattr(loop, "build_loss", lambda rank, world_size, matryoshka: nan_loss)
+    monkeypatch.setattr(build, "build_loss", lambda rank, world_size, matryoshka: nan_loss)
     cfg = compose_train_config(tiny_overrides(tmp_path, pairs=4, steps=2), tmp_path)
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 1"):
         train(cfg, tmp_path / "run")
@@ -241,7 +242,7 @@ def test_matryoshka_training_makes_the_trained_prefix_better_than_plain_training
 
     from models import DecoderEmbedder
     from pairdata.trainsets import split_data_config
-    from train.loop import split_validation, validation_metrics
+    from train.evaluation import split_validation, validation_metrics
 
     accuracy = {}
     for name, dims in (("plain", "null"), ("matryoshka", "[4,32]")):
