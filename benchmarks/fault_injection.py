@@ -277,7 +277,7 @@ def start_server(checkpoint: Path, port: int, log_path: Path) -> ServerProcess:
 
 def kill_training(work: Path, kills: int, seed: int) -> dict:
     """Kill -9 tiny training runs at random moments; check what is left and that resume finishes."""
-    from train.checkpoint import is_complete
+    from models.manifest import is_complete
 
     data = work / "pairs.jsonl"
     words = "sort a list of numbers by key value and return the result quickly".split()
