@@ -1,10 +1,22 @@
 """The one path from inputs to model rows: ``open + body[: max_length - 2] + close``, then padding.
 
-Owns a side's delimiter ids, the pad id, the body token ids of texts, delimiting a body (cut to
-``max_length - 2`` tokens so the closing delimiter, whose hidden state is the embedding, always
-survives) and padding rows into tensors. Training (:meth:`DecoderEmbedder.tokenize`), inference
-(:meth:`DecoderEmbedder.encode`) and the server (strings and token arrays alike) build their rows
-from these functions only, so one text gives the same ids whichever way it comes in.
+Owns a side's delimiter ids, the pad id, the input normalisation, the body token ids of texts,
+delimiting a body (cut to ``max_length - 2`` tokens so the closing delimiter, whose hidden state is
+the embedding, always survives) and padding rows into tensors. Training (:meth:`DecoderEmbedder.tokenize`,
+``train/data.py``), inference (:meth:`DecoderEmbedder.encode`, and through it the evaluation harness)
+and the server (strings and token arrays alike) build their rows from these functions only, so one
+text gives the same ids whichever way it comes in.
+
+Input normalisation (:func:`normalize_text`, applied by :func:`body_ids` to every text):
+
+- outer whitespace is stripped (Python's ``str.strip()``), as sentence-transformers <= 4 and
+  infinity-emb do to every input: a text and the same text with a trailing newline get one vector
+  on every stack. :data:`STRIP_NORMALIZER` is the same rule as a ``tokenizers`` normalizer, which
+  an export writes into its ``tokenizer.json`` so stacks that do not strip themselves
+  (sentence-transformers >= 5, TEI, vLLM, ``tokenizers.Tokenizer.from_file``) strip alike;
+- special-token text in an input (``<|endoftext|>``, a side's delimiter spelled out) is plain text
+  (``split_special_tokens``), as OpenAI's endpoint treats it: only the delimiters added here, by
+  id, are special.
 
 Also builds the small byte-level tokenizer used with randomly initialised test backbones, so unit
 tests never need downloaded files.
@@ -20,6 +32,32 @@ from transformers import PreTrainedTokenizerBase
 from models.sides import Side
 
 PADDING_SIDES = ("left", "right")
+# The characters Python's str.strip() removes (str.isspace): Unicode White_Space plus the information
+# separators U+001C-U+001F, which Rust's char::is_whitespace (tokenizers' own Strip normalizer) keeps.
+OUTER_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_WHITESPACE_CLASS = "[" + "".join(f"\\x{{{ord(ch):x}}}" for ch in OUTER_WHITESPACE) + "]"
+# normalize_text as a tokenizers normalizer (its JSON in a tokenizer.json): an Oniguruma regex anchored
+# at the ends of the input (\A, \z; ^ and $ would also match at line breaks inside it).
+STRIP_NORMALIZER = {
+    "type": "Replace",
+    "pattern": {"Regex": rf"\A{_WHITESPACE_CLASS}+|{_WHITESPACE_CLASS}+\z"},
+    "content": "",
+}
+# Special-token text inside an input is tokenized as text (transformers' split_special_tokens).
+SPLIT_SPECIAL_TOKENS = True
+# The rules above as an export records them (export.json), for readers that build their own tokenization.
+INPUT_NORMALIZATION = {
+    "strip_outer_whitespace": "str.strip()",
+    "special_token_text": "text" if SPLIT_SPECIAL_TOKENS else "special tokens",
+}
+
+
+def normalize_text(text: str) -> str:
+    """What every text goes through before it is tokenized: its outer whitespace stripped."""
+    return text.strip()
 
 
 def body_limit(max_length: int) -> int:
@@ -55,20 +93,21 @@ def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
 def body_ids(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None = None
 ) -> list[list[int]]:
-    """Token ids of each text, without special tokens.
+    """Token ids of each text, normalised (:func:`normalize_text`), without special tokens.
+
+    Special-token text in a text is tokenized as text. The tokenizer's own truncation is not used:
+    it would stay set on a fast tokenizer and be saved with it (a checkpoint's ``tokenizer.json``
+    then cuts every input at the training length); the cut is a slice instead, the same ids.
 
     Args:
         max_length: the row length the bodies are for: each body keeps its first
             ``max_length - 2`` tokens, the cut :func:`delimit_ids` makes. ``None``: untruncated
             (the server checks request limits against the real length).
     """
-    if max_length is None:
-        return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    limit = body_limit(max_length)
-    if tokenizer.truncation_side == "right":  # the tokenizer's own cut keeps the front, as delimit_ids does
-        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=limit)
-    else:
-        encoded = tokenizer(list(texts), add_special_tokens=False)
+    limit = None if max_length is None else body_limit(max_length)
+    encoded = tokenizer(
+        [normalize_text(text) for text in texts], add_special_tokens=False, split_special_tokens=SPLIT_SPECIAL_TOKENS
+    )
     return [list(ids[:limit]) for ids in encoded["input_ids"]]
 
 

@@ -59,6 +59,7 @@ def export(
         raise ValueError(f"max_seq_length must be >= 3 (two delimiters and one token), got {max_seq_length}")
     from models import DecoderEmbedder
     from models.embedder import CONFIG_NAME, resolve_checkpoint_dir
+    from models.tokenization import INPUT_NORMALIZATION
     from serve.model_card import AUDIT_FILE, CARD, copy_audit, model_card
 
     out = Path(out)
@@ -78,6 +79,7 @@ def export(
         "max_seq_length": max_seq_length,
         "pooling": "lasttoken",
         "normalize": True,
+        "input_normalization": INPUT_NORMALIZATION,  # what every reader does to a text (tokenizer files say it too)
         # --verify also compares against the unmerged adapter model when the source was a LoRA checkpoint
         "source": {"checkpoint": str(source.resolve()), "lora": lora},
     }

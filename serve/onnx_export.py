@@ -10,7 +10,7 @@
 Each graph is the whole side: backbone, last-token pooling at the closing delimiter (positions
 derived from the mask, so either padding side works), the projection when there is one, and L2
 normalisation; batch and sequence axes are dynamic. The export is checked with onnxruntime
-against ``DecoderEmbedder`` on the verify probes and refused past ``1e-4``; the int8 graph
+against ``DecoderEmbedder`` on the probes of :mod:`serve.probes` and refused past ``1e-4``; the int8 graph
 (:func:`quantize_int8`) has its cosine to fp32 recorded (its quality drop on STS-B:
 ``benchmarks/onnx_int8.py``).
 
@@ -45,8 +45,9 @@ TOLERANCE = 1e-4
 def export_onnx(model: DecoderEmbedder, out: Path, st_folders: dict[str, Path], max_seq_length: int,
                 int8: bool = False) -> dict[str, Any]:  # fmt: skip
     """Write ``out/onnx/<side>`` for every side of ``model``; returns each side's check figures."""
-    from serve.verify import PROBES
+    from serve.probes import probes_for
 
+    probes = list(probes_for({name: side.to_dict() for name, side in model.sides.items()}))
     checks = {}
     for side in model.side_names:
         folder = Path(out) / ONNX_DIR / side
@@ -78,17 +79,17 @@ def export_onnx(model: DecoderEmbedder, out: Path, st_folders: dict[str, Path], 
         }
         (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         with torch.inference_mode():
-            want = model.encode(list(PROBES), side, max_length=max_seq_length).numpy()
-        got = OnnxSide(folder).encode(PROBES)
+            want = model.encode(probes, side, max_length=max_seq_length).numpy()
+        got = OnnxSide(folder).encode(probes)
         check: dict[str, Any] = {"max_abs_diff": float(np.abs(got - want).max())}
         if check["max_abs_diff"] > TOLERANCE:
             raise RuntimeError(f"{folder / GRAPH}: onnxruntime differs from torch by {check['max_abs_diff']:.2e} "
                                f"(> {TOLERANCE:g}) on the probes")  # fmt: skip
         if int8:
             quantize_int8(folder / GRAPH, folder / INT8_GRAPH)
-            quantized = OnnxSide(folder, int8=True).encode(PROBES)
+            quantized = OnnxSide(folder, int8=True).encode(probes)
             check["int8_min_cosine"] = float((quantized * want).sum(axis=1).min())
-        config["check"] = {**check, "probes": len(PROBES), "reference": "DecoderEmbedder.encode (fp32)"}
+        config["check"] = {**check, "probes": len(probes), "reference": "DecoderEmbedder.encode (fp32)"}
         (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         checks[side] = check
     return checks
@@ -156,8 +157,7 @@ class OnnxSide:
             raise FileNotFoundError(f"{graph} not found (export with --onnx{' --onnx-int8' if int8 else ''})")
         self.session = onnxruntime.InferenceSession(str(graph), session_options(threads),
                                                     providers=["CPUExecutionProvider"])  # fmt: skip
-        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(self.config["max_seq_length"])
+        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))  # truncates at max_seq_length
         self.tokenizer.enable_padding(pad_id=self.config["pad_id"], direction="right")
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

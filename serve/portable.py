@@ -13,6 +13,19 @@ cannot read, or read wrongly without saying so:
   (and, per architecture, ``rope_scaling``, ``rope_local_base_freq``, ``rotary_emb_base``,
   ``rotary_pct``) and silently falls back to its defaults without them: a model that loads and
   returns different vectors.
+- the tokenizer files keep whatever state the training left in them (a fast tokenizer saves the
+  truncation of its last call: 30 tokens for a short training run), and say nothing of our input
+  normalisation (:mod:`models.tokenization`): readers that do not strip outer whitespace
+  themselves, or that parse ``<|endoftext|>`` in a text as the special token, embed other ids.
+
+The tokenizer is rewritten so that every reader builds our ids from the files alone
+(:func:`portable_tokenizer`): ``tokenizer.json`` truncates at the export's ``max_seq_length``,
+its normalizer strips outer whitespace first (:data:`models.tokenization.STRIP_NORMALIZER`), and
+its special tokens leave the added vocabulary for the model's (their ids unchanged), so a reader
+of ``tokenizer.json`` alone (``tokenizers.Tokenizer.from_file``, TEI) tokenizes their text as
+text; ``tokenizer_config.json`` says ``split_special_tokens: true``, which transformers 4.5x and 5
+apply when they add the special tokens back from its ``added_tokens_decoder``. The delimiters are
+added by the post-processor by id, as before.
 
 :func:`make_portable` rewrites a folder saved by sentence-transformers 6 into the classic layout,
 which every version from 3.x to 6.x loads (6.x reads the classic layout too), and adds the
@@ -22,8 +35,13 @@ legacy fields next to the new ones so transformers 4.5x and 5.x build the same m
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+from models.tokenization import SPLIT_SPECIAL_TOKENS, STRIP_NORMALIZER
+
+logger = logging.getLogger(__name__)
 
 CLASSIC_MODULE_TYPES = {
     "Transformer": "sentence_transformers.models.Transformer",
@@ -34,6 +52,8 @@ CLASSIC_MODULE_TYPES = {
 POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
 # tokenizer_config.json keys transformers 5 writes that only describe how it loaded the files
 TOKENIZER_RUNTIME_KEYS = ("backend", "is_local", "local_files_only")
+# tokenizer_config.json keys a call's truncation leaves behind (transformers 5 saves the last call's settings)
+TOKENIZER_CALL_KEYS = ("max_length", "stride", "truncation_strategy")
 # a tokenizer class every transformers version since 3 knows; the tokenizer itself is tokenizer.json
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
@@ -99,6 +119,7 @@ def make_portable(folder: Path, max_seq_length: int, embedding_dim: int, matryos
             _portable_transformer_files(
                 module_dir, sorted({*matryoshka_dims, embedding_dim}) if matryoshka_dims else None
             )
+            portable_tokenizer(module_dir, max_seq_length)
         elif kind == "Pooling":
             _write(module_dir / "config.json", _classic_pooling(_read(module_dir / "config.json")))
         elif kind == "Dense":
@@ -145,9 +166,48 @@ def _portable_transformer_files(folder: Path, matryoshka_dims: list[int] | None)
     _write(folder / "tokenizer_config.json", tokenizer)
 
 
+def portable_tokenizer(folder: Path, max_seq_length: int) -> None:
+    """Rewrite ``folder``'s ``tokenizer.json`` and ``tokenizer_config.json`` so every reader gets our ids.
+
+    See the module docstring. Special tokens stay in the added vocabulary only when the model's
+    vocabulary is not a token -> id map (a Unigram list): readers of ``tokenizer.json`` alone then
+    still parse their text as the tokens, which the export logs.
+    """
+    folder = Path(folder)
+    tokenizer = _read(folder / "tokenizer.json")
+    tokenizer["truncation"] = {"direction": "Right", "max_length": max_seq_length, "strategy": "LongestFirst",
+                               "stride": 0}  # fmt: skip
+    old = tokenizer.get("normalizer")
+    tokenizer["normalizer"] = (
+        STRIP_NORMALIZER if old is None else {"type": "Sequence", "normalizers": [STRIP_NORMALIZER, old]}
+    )
+    vocab = tokenizer["model"].get("vocab")
+    added = tokenizer.get("added_tokens") or []
+    if SPLIT_SPECIAL_TOKENS and isinstance(vocab, dict):
+        for token in added:
+            if token["special"]:
+                if vocab.setdefault(token["content"], token["id"]) != token["id"]:
+                    raise ValueError(f"{folder}: special token {token['content']!r} has two ids")
+        tokenizer["added_tokens"] = [token for token in added if not token["special"]]
+    elif SPLIT_SPECIAL_TOKENS:
+        logger.warning("%s: the %s vocabulary keeps its special tokens in tokenizer.json; readers of that file "
+                       "alone parse their text as the tokens", folder, tokenizer["model"].get("type"))  # fmt: skip
+    plain = [token["content"] for token in tokenizer.get("added_tokens") or [] if not token["special"]]
+    if plain:  # split out before the normalizer runs, so whitespace beside them is stripped too
+        logger.warning("%s: non-special added tokens %s: readers of tokenizer.json strip whitespace next to them, "
+                       "which our tokenization keeps", folder, plain[:5])  # fmt: skip
+    _write(folder / "tokenizer.json", tokenizer)
+    config = _read(folder / "tokenizer_config.json")
+    for key in TOKENIZER_CALL_KEYS:
+        config.pop(key, None)
+    config["model_max_length"] = max_seq_length
+    config["split_special_tokens"] = SPLIT_SPECIAL_TOKENS
+    _write(folder / "tokenizer_config.json", config)
+
+
 def _read(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _write(path: Path, content: Any) -> None:
-    path.write_text(json.dumps(content, indent=2) + "\n")
+    path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

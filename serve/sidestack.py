@@ -3,7 +3,9 @@
 Exports must load and give the same vectors on the stacks users already run, which pin older
 libraries than ours. This module owns that side environment: created on first use under
 ``$CPT_CACHE_DIR/side-stacks/`` (one ``pip install``, minutes; needs the package index) and
-reused after; a ``.ready`` file records what was installed. Two ways in:
+reused after; a ``.ready`` file records what was installed. ``CPT_SIDE_STACK=/path/to/venv``
+uses a virtualenv built by hand instead (``python3 -m venv V && V/bin/pip install torch==2.13.0
+'infinity-emb[server,torch]==0.0.78'``), never modified here. Two ways in:
 
 - :func:`encode_in_side_stack`: ``SentenceTransformer(folder).encode`` run by the side
   interpreter (sentence-transformers 3.4 + transformers 4.57), vectors back as a numpy array;
@@ -30,6 +32,7 @@ from models.backbone import cache_root
 from serve.process import ServerProcess
 
 NAME = "infinity-0.0.78"
+ENV_VAR = "CPT_SIDE_STACK"  # a ready virtualenv with REQUIREMENTS installed, used as is
 REQUIREMENTS = ("torch==2.13.0", "infinity-emb[server,torch]==0.0.78")
 
 ENCODE_SCRIPT = """
@@ -51,13 +54,18 @@ class SideStackUnavailable(RuntimeError):
 
 
 def side_stack_dir() -> Path:
-    return cache_root() / "side-stacks" / NAME
+    given = os.environ.get(ENV_VAR)
+    return Path(given).expanduser() if given else cache_root() / "side-stacks" / NAME
 
 
 def side_stack_python(create: bool = True) -> Path:
     """The side interpreter, creating the environment on first use (``create=False``: raise instead)."""
     root = side_stack_dir()
     python = root / "bin" / "python"
+    if os.environ.get(ENV_VAR):
+        if not (root / "bin" / "infinity_emb").is_file():
+            raise SideStackUnavailable(f"{ENV_VAR}={root}: no bin/infinity_emb there (pip install {REQUIREMENTS[1]!r})")
+        return python
     ready = root / ".ready"
     if ready.is_file() and json.loads(ready.read_text()).get("requirements") == list(REQUIREMENTS):
         return python

@@ -9,7 +9,15 @@ import torch
 
 from models import DecoderEmbedder, last_token_positions
 from models.sides import Side
-from models.tokenization import byte_level_tokenizer, delimiter_ids
+from models.tokenization import (
+    OUTER_WHITESPACE,
+    STRIP_NORMALIZER,
+    body_ids,
+    byte_level_tokenizer,
+    delimit_ids,
+    delimiter_ids,
+    normalize_text,
+)
 from tests.conftest import TINY_LLAMA, TWO_SIDES
 
 MAX_LENGTH = 16
@@ -22,6 +30,13 @@ TEXTS = [
     "thirteen byte",
 ]
 SIDES = ["query", "doc", "query", "doc", "doc", "query"]
+# texts without outer whitespace or special-token text: input normalisation must leave their ids alone
+PLAIN = [*TEXTS, "tab\tand  two spaces inside", "line one\nline two", "x"]
+
+
+def legacy_body_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """``body_ids`` as it was before input normalisation (2026-12-08): the tokenizer's ids, cut."""
+    return [ids[: max_length - 2] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 class Recorder:
@@ -91,6 +106,67 @@ def test_encode_equals_forward_on_tokenize_under_truncation(tiny_embedder, paddi
         expected = tiny_embedder(batch["input_ids"], batch["attention_mask"], "doc")
     encoded = tiny_embedder.encode(TEXTS, "doc", batch_size=2, max_length=MAX_LENGTH)
     torch.testing.assert_close(encoded, expected, atol=1e-5, rtol=0)
+
+
+def test_texts_without_outer_whitespace_keep_their_ids_and_vectors(tiny_embedder) -> None:
+    tokenizer = tiny_embedder.tokenizer
+    legacy = legacy_body_ids(tokenizer, PLAIN, MAX_LENGTH)
+    assert body_ids(tokenizer, PLAIN, MAX_LENGTH) == legacy
+    open_id, close_id = delimiter_ids(tokenizer, tiny_embedder.sides["doc"])
+    encoded = tiny_embedder.encode(PLAIN, "doc", batch_size=1, max_length=MAX_LENGTH)
+    with torch.no_grad():
+        for i, body in enumerate(legacy):
+            row = torch.tensor([delimit_ids(body, open_id, close_id, MAX_LENGTH)])
+            assert torch.equal(encoded[i], tiny_embedder(row, torch.ones_like(row), "doc")[0])  # bit for bit
+
+
+def test_outer_whitespace_is_stripped_and_inner_whitespace_kept(tiny_embedder) -> None:
+    tokenizer = tiny_embedder.tokenizer
+    bare = body_ids(tokenizer, ["hello world"])[0]
+    padded = [f"{ch}hello world{ch}{ch}" for ch in OUTER_WHITESPACE] + ["\n\n hello world \r\n"]
+    assert body_ids(tokenizer, padded) == [bare] * len(padded)
+    assert body_ids(tokenizer, ["hello\n world"]) != [bare]
+    batch = tiny_embedder.tokenize(["  short\n", "short"], "doc", MAX_LENGTH)  # training's rows alike
+    assert torch.equal(batch["input_ids"][0], batch["input_ids"][1])
+
+
+def test_outer_whitespace_is_what_python_strips() -> None:
+    assert set(OUTER_WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+
+
+def test_the_tokenizers_strip_normalizer_is_normalize_text() -> None:
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(byte_level_tokenizer().backend_tokenizer.to_str())
+    spec["normalizer"] = STRIP_NORMALIZER
+    normalizer = Tokenizer.from_str(json.dumps(spec)).normalizer
+    texts = [f"{a}x{b}" for a in OUTER_WHITESPACE for b in OUTER_WHITESPACE[::-1]]
+    texts += ["a\nb", "a\n\nb\n", "\n a \n b \n", "   ", "", "x\u3000", "\x1cx\x1f", "é \u200b", "\u200bx\ufeff"]
+    assert [normalizer.normalize_str(text) for text in texts] == [normalize_text(text) for text in texts]
+
+
+def test_special_token_text_is_plain_text(tiny_embedder) -> None:
+    tokenizer = tiny_embedder.tokenizer
+    texts = ["a<|endoftext|>b", "<|q|> spelled out <|/d|>"]
+    special = {
+        tokenizer.convert_tokens_to_ids(token) for token in ("<|endoftext|>", "<|q|>", "<|/q|>", "<|d|>", "<|/d|>")
+    }
+    bodies = body_ids(tokenizer, texts)
+    assert [len(body) for body in bodies] == [len(text.encode()) for text in texts]  # no merges: one id per byte
+    assert not special & {token for body in bodies for token in body}
+    row = tiny_embedder.tokenize(texts[1:], "query", MAX_LENGTH)["input_ids"][0].tolist()
+    assert (row[0], row[-1]) == delimiter_ids(tokenizer, tiny_embedder.sides["query"])  # ours still added, by id
+
+
+def test_body_ids_leave_no_truncation_on_the_tokenizer(tiny_embedder, tmp_path) -> None:
+    import json
+
+    body_ids(tiny_embedder.tokenizer, [TEXTS[1]], 8)
+    assert tiny_embedder.tokenizer.backend_tokenizer.truncation is None
+    tiny_embedder.tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["truncation"] is None
 
 
 def test_missing_delimiters_are_named() -> None:

@@ -97,6 +97,41 @@ def test_the_export_is_in_the_classic_layout(tmp_path):
     assert config["matryoshka_dimensions"] == [4, 8, 16] and config["is_matryoshka"] is True
 
 
+def test_every_reader_of_the_export_tokenizer_gets_our_ids(tmp_path):
+    """``tokenizers.Tokenizer.from_file``, transformers and sentence-transformers on the exported files alone:
+    outer whitespace stripped, special-token text as text, truncation at the export's length (not training's)."""
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from models import DecoderEmbedder
+    from serve.export import export
+    from serve.probes import probes_for
+
+    model = DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0)
+    model.tokenizer.backend_tokenizer.enable_truncation(28)  # what an older training run left in its tokenizer
+    model.save_pretrained(tmp_path / "checkpoint")
+    info = export(tmp_path / "checkpoint", tmp_path / "out", max_seq_length=40)
+    assert info["input_normalization"] == {"strip_outer_whitespace": "str.strip()", "special_token_text": "text"}
+    texts = [*probes_for(TWO_SIDES), "x" * 100, "  <|endoftext|>\n"]
+    for side in TWO_SIDES:
+        folder = tmp_path / "out" / "sentence-transformers" / side
+        batch = model.tokenize(texts, side, 40)
+        ours = [
+            ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+        ]
+        assert max(map(len, ours)) == 40
+        raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        assert raw.truncation["max_length"] == 40
+        assert [encoding.ids for encoding in raw.encode_batch(texts)] == ours
+        assert AutoTokenizer.from_pretrained(folder)(texts, truncation=True, max_length=40)["input_ids"] == ours
+        features = SentenceTransformer(str(folder), device="cpu").preprocess(texts)
+        assert [ids[mask.bool()].tolist() for ids, mask in zip(features["input_ids"], features["attention_mask"],
+                                                              strict=True)] == ours  # fmt: skip
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        assert "max_length" not in config and config["model_max_length"] == 40 and config["split_special_tokens"]
+
+
 def test_verify_passes_a_good_export_and_fails_a_broken_one(tmp_path, capsys):
     """The current-stack part of ``--verify``: encode, sentence-transformers and our server over HTTP."""
     from safetensors.torch import load_file, save_file
@@ -139,11 +174,11 @@ def test_the_older_stack_reads_every_family_identically(tmp_path, family):
     """sentence-transformers 3.4 + transformers 4.57 (side venv) on each family's export; ~20 s each."""
     from models import DecoderEmbedder
     from serve.export import export
+    from serve.probes import probes_for
     from serve.sidestack import encode_in_side_stack
-    from serve.verify import PROBES
 
     side_stack_or_skip()
-    texts = [text.strip() for text in PROBES]  # sentence-transformers 3.x strips its inputs
+    texts = list(probes_for(TWO_SIDES))  # as they are: outer whitespace, special-token text, > 512 tokens
     model = DecoderEmbedder.build(None, TWO_SIDES, random_config=FAMILIES[family], seed=0)
     model.save_pretrained(tmp_path / "checkpoint")
     export(tmp_path / "checkpoint", tmp_path / "out", max_seq_length=48)
