@@ -197,3 +197,19 @@ def test_server_rows_are_training_rows_with_the_smollm2_tokenizer(padding_side: 
     add_delimiters(backbone, tokenizer, list(sides.values()))
     model = DecoderEmbedder(backbone, tokenizer, sides, padding_side=padding_side)
     assert_server_matches_training(model, TEXTS, SIDES)
+
+
+@pytest.mark.integration
+def test_smollm2_plain_texts_keep_their_ids_and_outer_whitespace_goes() -> None:
+    from transformers import AutoTokenizer
+
+    from models.backbone import cache_root
+
+    converted = cache_root() / "models" / "smollm2-135m"
+    if not (converted / "tokenizer_config.json").is_file():
+        pytest.skip(f"{converted} not converted yet (load smollm2-135m once)")
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    assert body_ids(tokenizer, PLAIN, 512) == legacy_body_ids(tokenizer, PLAIN, 512)
+    assert body_ids(tokenizer, [" a document\n", "\ta document  "]) == body_ids(tokenizer, ["a document"]) * 2
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert eos not in body_ids(tokenizer, ["before <|endoftext|> after"])[0]
