@@ -10,12 +10,11 @@ Examples::
     python -m pairdata build all         # the six code sets, then text-neighbors and text-search
     python -m pairdata list
     python -m pairdata bench             # throughput table of the built datasets
-    python -m pairdata mine --model smollm2-135m --tower search --built text-search --out mined/round-1
-    python -m pairdata mine --model outputs/search/checkpoints/step-000400 --built text-search --out mined/round-2
     python -m pairdata audit runs/similarity-smollm2-135m   # contamination.json beside its newest checkpoint
 
 A complete dataset is skipped unless ``--force``; an interrupted build resumes from its
-per-source extractions. Every build writes ``DATA_DIR/NAME/manifest.json``.
+per-source extractions. Every build writes ``DATA_DIR/NAME/manifest.json``. Hard-negative mining,
+which needs an embedding model, is ``python -m eval.mine`` (it was ``python -m pairdata mine``).
 """
 
 from __future__ import annotations
@@ -27,20 +26,13 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from pairdata.leakage import default_benchmark_dir
 from pairdata.loading import default_data_dir
 from pairdata.sources import DEFAULT_CACHE_DIR, SourceCache, SourceSpec, SourceUnavailableError
 from pairdata.store import is_complete, read_manifest
 
 log = logging.getLogger("pairdata")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_benchmark_dir() -> Path:
-    """``$CPT_BENCHMARK_DIR``, else ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("CPT_BENCHMARK_DIR", REPO_ROOT.parent / "shared" / "data")).expanduser()
 
 
 def _fractions(text: str) -> dict[str, float]:
@@ -51,11 +43,25 @@ def _fractions(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(f"expected e.g. train=0.8,valid=0.1,test=0.1, got {text!r}") from None
 
 
+MOVED = {"mine": "python -m eval.mine"}  # commands that moved out of pairdata (they need a model)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m pairdata", description=__doc__.split("\n\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
+    add_build(commands.add_parser("build", help="build datasets"))
+    listing = commands.add_parser("list", help="list built datasets")
+    listing.add_argument("--data-dir", type=Path, default=default_data_dir())
+    bench = commands.add_parser("bench", help="throughput table (files/s, pairs/s) of built datasets")
+    bench.add_argument("--data-dir", type=Path, default=default_data_dir())
+    add_audit(commands.add_parser("audit", help="benchmark contamination of a checkpoint's training data"))
+    for name, replacement in MOVED.items():  # listed in the help; main() answers them before parsing
+        commands.add_parser(name, help=f"moved: {replacement} (same options)", add_help=False)
+    return top
 
-    build = commands.add_parser("build", help="build datasets")
+
+def add_build(build: argparse.ArgumentParser) -> None:
+    """``build``: what to build, from which sources, and where (the recipe's knobs: :func:`add_recipe`)."""
     build.add_argument("what", choices=["code", "text", "search", "all"])
     build.add_argument(
         "--language",
@@ -101,6 +107,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip benchmark leakage removal (the code test split is still removed)",
     )
+    build.add_argument("--force", action="store_true", help="rebuild complete datasets")
+    build.add_argument("--offline", action="store_true", help="never fetch: use the source cache only")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_recipe(build)
+
+
+def add_recipe(build: argparse.ArgumentParser) -> None:
+    """``build``'s recipe: split shares, seeds, chunking and the near-duplicate threshold."""
     build.add_argument(
         "--fractions",
         type=_fractions,
@@ -113,123 +127,16 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--min-chunk-tokens", type=int, default=32)
     build.add_argument("--max-doc-tokens", type=int, default=256)
     build.add_argument("--limit-files", type=int, default=None, help="read at most N files per source")
-    build.add_argument("--force", action="store_true", help="rebuild complete datasets")
-    build.add_argument("--offline", action="store_true", help="never fetch: use the source cache only")
-    build.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    listing = commands.add_parser("list", help="list built datasets")
-    listing.add_argument("--data-dir", type=Path, default=default_data_dir())
 
-    bench = commands.add_parser("bench", help="throughput table (files/s, pairs/s) of built datasets")
-    bench.add_argument("--data-dir", type=Path, default=default_data_dir())
-
-    mine = commands.add_parser("mine", help="mine hard negatives for a pair set (see pairdata/mining.py)")
-    mine.add_argument("--model", required=True, help="our checkpoint or export, a sentence-transformers folder, "
-                      "or with --tower a pretrained decoder (name or folder), untrained")  # fmt: skip
-    mine.add_argument("--tower", help="with an untrained decoder: the tower whose delimiters to add (configs/tower)")
-    mine.add_argument("--sides", help="x,y sides of our model (default: the tower's pair sides, or its first two)")
-    source = mine.add_mutually_exclusive_group(required=True)
-    source.add_argument("--built", help="a set built by `pairdata build` (e.g. text-search)")
-    source.add_argument("--data", help="pair files, folder or glob (JSONL / Parquet / CSV / Arrow)")
-    mine.add_argument("--split", default="train", help="with --built: the split")
-    mine.add_argument("--columns", type=_columns, default=None, help="with --data: e.g. x=query,y=positive")
-    mine.add_argument("--corpus", help="candidate texts from these files instead of the set's own y's")
-    mine.add_argument("--corpus-column", default="text")
-    mine.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes it)")
-    mine.add_argument("--num-negatives", type=int, default=7)
-    mine.add_argument(
-        "--range-min", type=int, default=0, help="skip the top N candidates (likely unlabelled positives)"
-    )
-    mine.add_argument("--range-max", type=int, default=100, help="consider only the top N candidates")
-    mine.add_argument("--absolute-margin", type=float, default=None, help="keep if score <= positive - margin")
-    mine.add_argument("--relative-margin", type=float, default=None, help="keep if score <= positive * (1 - margin)")
-    mine.add_argument("--max-score", type=float, default=None, help="keep if score <= this")
-    mine.add_argument("--sampling", choices=["top", "random"], default="top")
-    mine.add_argument("--seed", type=int, default=0)
-    mine.add_argument("--max-length", type=int, default=256)
-    mine.add_argument("--batch-size", type=int, default=32)
-    mine.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                      help="bf16: forward passes under torch.autocast (GPUs, CPUs with native bf16)")  # fmt: skip
-    mine.add_argument("--query-block", type=int, default=4096, help="rows searched (and written) per part")
-    mine.add_argument("--limit", type=int, default=None, help="mine only the first N rows")
-    mine.add_argument("--sample", type=int, default=None,
-                      help="mine a random N rows (seeded by --seed, kept in the set's order; after --limit): built "
-                           "sets are stored group by group, so their first rows come from a few packages")  # fmt: skip
-    mine.add_argument("--data-dir", type=Path, default=default_data_dir())
-    mine.add_argument("--benchmark-dir", type=Path, default=default_benchmark_dir(),
-                      help="candidates holding a benchmark text are never used (the shared/data folder)")  # fmt: skip
-    mine.add_argument("--no-benchmark-check", action="store_true", help="skip the benchmark check of candidates")
-    mine.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    audit = commands.add_parser("audit", help="benchmark contamination of a checkpoint's training data")
+def add_audit(audit: argparse.ArgumentParser) -> None:
+    """``audit``: a checkpoint's training data against the benchmark texts."""
     audit.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a training run (its newest checkpoint)")
     audit.add_argument("--benchmark-dir", type=Path, default=default_benchmark_dir(),
                        help="the benchmark texts (the shared/data folder)")  # fmt: skip
     audit.add_argument("--data-dir", type=Path, default=default_data_dir(), help="where built code test splits are")
     audit.add_argument("--ngram", type=int, default=13, help="n-gram length of the overlap test (GPT-3: 13)")
     audit.add_argument("--quiet", action="store_true", help="no progress bars")
-    return top
-
-
-def _columns(text: str) -> dict[str, str]:
-    try:
-        return dict(item.split("=", 1) for item in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected e.g. x=query,y=positive, got {text!r}") from None
-
-
-def sample_rows(dataset: Any, size: int, seed: int) -> Any:
-    """``size`` rows of ``dataset`` drawn without replacement (seeded), in the dataset's order."""
-    import numpy as np
-
-    if size < 1:
-        raise ValueError(f"--sample must be at least 1, got {size}")
-    if size >= len(dataset):
-        return dataset
-    rows = np.sort(np.random.default_rng(seed).choice(len(dataset), size=size, replace=False))
-    return dataset.select(rows.tolist())
-
-
-def run_mine(args: argparse.Namespace, command: str) -> dict:
-    from pairdata.mining import MiningFilters, load_corpus, load_encoder, mine
-    from pairdata.trainsets import built, load_files
-
-    filters = MiningFilters(
-        num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
-        absolute_margin=args.absolute_margin, relative_margin=args.relative_margin, max_score=args.max_score,
-        sampling=args.sampling, seed=args.seed,
-    )  # fmt: skip
-    if args.built:
-        dataset = built(args.built, args.split, str(args.data_dir), limit=args.limit)
-        label = f"{args.built}/{args.split}"
-    else:
-        dataset = load_files(args.data, columns=args.columns, limit=args.limit)
-        label = args.data
-    dataset = dataset.select_columns(["x", "y"])
-    if args.sample is not None:
-        dataset = sample_rows(dataset, args.sample, args.seed)
-        label = f"{label} (random {len(dataset)} rows, seed {args.seed})"
-    corpus = load_corpus(args.corpus, args.corpus_column) if args.corpus else None
-    leakage = None
-    if not args.no_benchmark_check:
-        from pairdata.leakage import benchmark_index
-
-        leakage = benchmark_index(args.benchmark_dir)
-    sides = args.sides.split(",") if args.sides else None
-    encoder = load_encoder(args.model, args.tower, sides, args.max_length, args.batch_size, args.precision)
-    manifest = mine(
-        dataset, encoder, args.out, filters, corpus=corpus, corpus_column=args.corpus_column,
-        leakage=leakage, query_block=args.query_block, show_progress=not args.quiet, command=command,
-        source_label=label,
-    )  # fmt: skip
-    counts = manifest["counts"]
-    print(
-        f"{args.out}: {counts['rows']} rows, {counts['negatives']} negatives "
-        f"({counts['rows_short']} rows with fewer than {filters.num_negatives}); pool {manifest['pool']['texts']} "
-        f"texts ({manifest['pool']['leaked_removed']} removed as benchmark text); dropped {counts['dropped']}; "
-        f"{manifest['seconds']}"
-    )
-    return manifest
 
 
 def run_audit(args: argparse.Namespace, command: str) -> int:
@@ -416,6 +323,10 @@ def run_list(data_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in MOVED:
+        print(f"`python -m pairdata {argv[0]}` moved to `{MOVED[argv[0]]}`, with the same options: "
+              f"{MOVED[argv[0]]} {shlex.join(argv[1:])}", file=sys.stderr)  # fmt: skip
+        return 2
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "list":
@@ -428,9 +339,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "audit":
         return run_audit(args, command="python -m pairdata " + shlex.join(argv))
-    if args.command == "mine":
-        run_mine(args, command="python -m pairdata " + shlex.join(argv))
-        return 0
     try:
         run_build(args, command="python -m pairdata " + shlex.join(argv))
     except SourceUnavailableError as error:

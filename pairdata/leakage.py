@@ -27,6 +27,16 @@ from pairdata.errors import DataFormatError
 from pairdata.pairs import iter_jsonl
 from pairdata.textnorm import sentences, sha256_file, stable_hash, words
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_benchmark_dir() -> Path:
+    """``$CPT_BENCHMARK_DIR``, else ``../shared/data`` beside the repository: the benchmark texts kept out."""
+    import os
+
+    return Path(os.environ.get("CPT_BENCHMARK_DIR", REPO_ROOT.parent / "shared" / "data")).expanduser()
+
+
 _TREC_LABEL = re.compile(r"^[A-Z]+:\S+\s+")
 _SKIP_NAMES = re.compile(r"^(license|readme|copying)|\.(md|py|sh|html?)$", re.IGNORECASE)
 _JSON_TEXT_FIELDS = ("title", "text", "query", "sentence", "sentence1", "sentence2", "question", "answer")

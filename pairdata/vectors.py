@@ -1,8 +1,8 @@
-"""Embedding matrices on disk and exact top-k over them, a block at a time (mining and evaluation share these).
+"""Embedding matrices on disk, written and read a block at a time (mining and evaluation share these).
 
 :func:`embed_to_disk` writes ``count`` embeddings into a memory-mapped ``.npy`` file a chunk of
-texts at a time (resumable after a kill); :func:`top_candidates` keeps a running top-k per query
-while it reads the candidate matrix in row blocks, so neither needs the matrix in RAM.
+texts at a time (resumable after a kill); :class:`NpyRows` reads and writes row ranges of such a
+file without a memory map. Searching them is :func:`eval.search.top_candidates`'s job.
 """
 
 from __future__ import annotations
@@ -102,43 +102,3 @@ class NpyRows:
             os.pwrite(handle.fileno(), np.ascontiguousarray(vectors, self.dtype).tobytes(),
                       self.offset + start * self.row_bytes)  # fmt: skip
             os.fsync(handle.fileno())
-
-
-def top_candidates(
-    queries: np.ndarray,
-    pool: np.ndarray,
-    depth: int,
-    pool_chunk: int,
-    exclude: np.ndarray | None = None,
-    pool_offset: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``depth`` pool rows per query by inner product: (scores, indices), best first.
-
-    Args:
-        queries: (Q, D) query vectors.
-        pool: (N, D) candidates, any array that slices into row blocks (a memory map, a stack of them).
-        depth: hits kept per query (at most N).
-        pool_chunk: pool rows scored per block: memory is about Q x pool_chunk floats.
-        exclude: (Q,) a pool row per query that must not be returned (its own document), -1 for none.
-        pool_offset: added to the returned indices (the pool is a slice of a larger one).
-    """
-    import torch
-
-    q = torch.from_numpy(np.asarray(queries, dtype=np.float32))
-    own = None if exclude is None else torch.from_numpy(np.asarray(exclude, dtype=np.int64))
-    best_scores = torch.full((len(q), 0), float("-inf"))
-    best_index = torch.zeros((len(q), 0), dtype=torch.int64)
-    for start in range(0, len(pool), pool_chunk):
-        block = torch.from_numpy(np.asarray(pool[start : start + pool_chunk], dtype=np.float32))
-        block_scores = q @ block.T  # (Q, chunk): the only matrix that grows with pool_chunk
-        if own is not None:
-            rows = torch.nonzero((own >= start) & (own < start + len(block))).flatten()
-            block_scores[rows, own[rows] - start] = float("-inf")
-        # the block's own top-k first, then merged with the running top-k: (Q, 2k), never (Q, k + chunk)
-        top_scores, top_where = block_scores.topk(min(depth, block_scores.shape[1]), dim=1)
-        scores = torch.cat([best_scores, top_scores], dim=1)
-        index = torch.cat([best_index, top_where + start], dim=1)
-        best_scores, where = scores.topk(min(depth, scores.shape[1]), dim=1)
-        best_index = index.gather(1, where)
-        del block_scores
-    return best_scores.numpy(), best_index.numpy() + pool_offset

@@ -79,7 +79,7 @@ def mine(work: Path, name: str, model_args: list[str], args: argparse.Namespace)
     sizes = sample_sizes(args)
     commands = []
     for dataset, out in targets.items():
-        command = [sys.executable, "-m", "pairdata", "mine", *model_args, "--built", dataset, "--out", str(out),
+        command = [sys.executable, "-m", "eval.mine", *model_args, "--built", dataset, "--out", str(out),
                    "--num-negatives", str(args.mine_negatives), "--range-min", str(args.range_min),
                    "--max-length", str(args.max_length), "--precision", args.precision]  # fmt: skip
         if args.relative_margin is not None:

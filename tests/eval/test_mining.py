@@ -1,4 +1,5 @@
-"""Hard-negative mining: the filters, exact search, never a positive or a benchmark text, resume, the CLI."""
+"""Hard-negative mining: the filters, exact search (against a brute-force reference on a tiny random model),
+never a positive or a benchmark text, resume, the CLI (and the old ``pairdata mine`` pointing to it)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pairdata.cli import main
+from eval.mine import main
+from eval.mining import DROP_REASONS, Encoder, MiningFilters, choose_negatives, load_encoder, mine
+from eval.search import top_candidates
 from pairdata.leakage import LeakageIndex
-from pairdata.mining import DROP_REASONS, Encoder, MiningFilters, choose_negatives, load_encoder, load_mined, mine
-from pairdata.vectors import top_candidates
+from pairdata.mining import load_mined
 from tests.train.test_training import write_pairs
 
 
@@ -135,12 +137,12 @@ def test_the_mine_command_with_a_checkpoint_writes_a_set_the_trainer_reads(tmp_p
     tiny_embedder.save_pretrained(checkpoint)
     data = write_pairs(tmp_path / "pairs.jsonl", 40)
     out = tmp_path / "mined"
-    code = main(["mine", "--model", str(checkpoint), "--data", str(data), "--out", str(out), "--num-negatives", "2",
+    code = main(["--model", str(checkpoint), "--data", str(data), "--out", str(out), "--num-negatives", "2",
                  "--range-min", "1", "--max-length", "32", "--no-benchmark-check", "--quiet"])  # fmt: skip
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["encoder"]["kind"] == "cpt-embedder" and manifest["filters"]["range_min"] == 1
-    assert manifest["command"].startswith("python -m pairdata mine --model")
+    assert manifest["command"].startswith("python -m eval.mine --model")
     cfg = compose_train_config(["data=mined", f"data.path={out}", "data.num_negatives=2"], tmp_path)
     loader, options = split_data_config(cfg.data)
     dataset = instantiate(loader)
@@ -165,7 +167,7 @@ def test_a_bf16_mining_model_encodes_under_autocast_and_says_so(tmp_path, tiny_e
 
 
 def test_a_mining_sample_is_seeded_without_repeats_and_keeps_the_set_order(tmp_path) -> None:
-    from pairdata.cli import sample_rows
+    from pairdata.mining import sample_rows
 
     dataset = pair_set(tmp_path)
     first, again, other = (sample_rows(dataset, 20, seed) for seed in (0, 0, 1))
@@ -193,3 +195,63 @@ def test_data_code_mined_mixes_one_mined_set_per_language_with_its_negatives(tmp
     mixture = instantiate(loader)
     assert options == {"num_negatives": 2} and mixture.names == [f"code-{language}" for language in languages]
     assert all(len(row["negatives"]) == 2 for row in mixture.datasets["code-ruby"])
+
+
+def brute_force_negatives(dataset, out: Path, filters: MiningFilters) -> list[list[str]]:
+    """Each row's negatives from the run's own stored vectors: the full score matrix, sorted, filtered row by row."""
+    import torch
+
+    pool_texts = list(dict.fromkeys(dataset["y"]))  # distinct y's in first-occurrence order: the pool
+    pool = torch.from_numpy(np.load(out / "embeddings" / "pool.npy").astype(np.float32))
+    queries = torch.from_numpy(np.load(out / "embeddings" / "x.npy").astype(np.float32))
+    scores = (queries @ pool.T).numpy()  # (rows, pool)
+    index_of = {text: i for i, text in enumerate(pool_texts)}
+    answers = []
+    for row, (x, y) in enumerate(zip(dataset["x"], dataset["y"], strict=True)):
+        positives = {other_y for other_x, other_y in zip(dataset["x"], dataset["y"], strict=True) if other_x == x}
+        positive = float(scores[row, index_of[y]])
+        ranked = [i for i in np.argsort(-scores[row], kind="stable") if pool_texts[i] not in positives | {x}]
+        ranked = ranked[: filters.range_max]
+        kept = []
+        for rank, i in enumerate(ranked):
+            value = scores[row, i]
+            if rank < filters.range_min:
+                continue
+            if filters.absolute_margin is not None and value > positive - filters.absolute_margin:
+                continue
+            if filters.relative_margin is not None and value > positive * (1 - filters.relative_margin):
+                continue
+            if filters.max_score is not None and value > filters.max_score:
+                continue
+            kept.append(i)
+        if filters.sampling == "random" and len(kept) > filters.num_negatives:
+            draw = np.random.default_rng([filters.seed, row]).choice(len(kept), filters.num_negatives, replace=False)
+            kept = [kept[j] for j in np.sort(draw)]
+        answers.append([pool_texts[i] for i in kept[: filters.num_negatives]])
+    return answers
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"range_min": 2, "absolute_margin": 0.01}, {"relative_margin": 0.001, "max_score": 0.999, "range_max": 20},
+     {"sampling": "random", "seed": 3, "num_negatives": 3}],
+    ids=["top", "skip-and-margin", "relative-and-max", "random"],
+)  # fmt: skip
+def test_mining_equals_a_brute_force_reference_on_a_tiny_random_model(tmp_path, tiny_embedder, options) -> None:
+    from eval.mining import EmbedderEncoder
+
+    dataset = pair_set(tmp_path, 50)
+    encoder = EmbedderEncoder(tiny_embedder, ("query", "doc"), 32, 8, "tiny-random")
+    filters = MiningFilters(**{"num_negatives": 4, **options})
+    out = tmp_path / "mined"
+    mine(dataset, encoder, out, filters, query_block=16, pool_chunk=7, show_progress=False)
+    mined = load_mined(str(out))
+    assert mined["x"] == dataset["x"] and mined["y"] == dataset["y"]
+    assert mined["negatives"] == brute_force_negatives(dataset, out, filters)
+
+
+def test_the_old_pairdata_mine_command_points_to_eval_mine(capsys) -> None:
+    from pairdata.cli import main as pairdata_main
+
+    assert pairdata_main(["mine", "--model", "ckpt", "--built", "text-search", "--out", "mined/r1"]) == 2
+    assert "python -m eval.mine --model ckpt --built text-search --out mined/r1" in capsys.readouterr().err
