@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pairdata.errors import DataFormatError, innermost_message
 from pairdata.rowcheck import BadValue, RowOrigin, column_type_error, first_bad_value
+from pairdata.store import exclusive
 
 if TYPE_CHECKING:
     import datasets
@@ -165,7 +166,9 @@ class FileSet:
 
         folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "cpt-files" / self._key()
         if not (folder / "files.json").is_file():
-            self._write(folder)
+            with exclusive(folder.with_name(f".{folder.name}.lock")):  # one process converts, the others wait
+                if not (folder / "files.json").is_file():
+                    self._write(folder)
         counts = json.loads((folder / "files.json").read_text())["rows"]
         return datasets.Dataset.from_file(str(folder / "data.arrow")), counts
 
@@ -193,10 +196,7 @@ class FileSet:
                         rows += batch.num_rows
                     counts.append(rows)
             (staging / "files.json").write_text(json.dumps({"files": list(self.files), "rows": counts}))
-            try:
-                os.replace(staging, folder)
-            except OSError:  # another process converted the same files first
-                pass
+            os.replace(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pairdata.errors import DataFormatError
+from pairdata.store import exclusive, write_text_atomic
 
 if TYPE_CHECKING:
     import datasets
@@ -179,8 +180,20 @@ def check_rows(
         if error is not None:
             raise error
     verdict = _verdict_path(dataset, mapping)
-    if verdict is not None and verdict.is_file():
+    if verdict is None:
+        _scan(dataset, label, mapping, locate)
         return
+    if verdict.is_file():
+        return
+    with exclusive(verdict.with_suffix(".lock")):  # processes starting together: one scans, the others wait
+        if not verdict.is_file():
+            rows = _scan(dataset, label, mapping, locate)
+            verdict.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(verdict, json.dumps({"label": label, "rows": rows, "columns": mapping}))
+
+
+def _scan(dataset: datasets.Dataset, label: str, mapping: Mapping[str, str], locate: Locate | None) -> int:
+    """Every row through :func:`first_bad_value`; returns the row count, raises at the first bad value."""
     texts = [mapping[name] for name in TEXT_COLUMNS]
     negatives = [mapping["negatives"]] if "negatives" in mapping else []
     start = 0
@@ -190,8 +203,7 @@ def check_rows(
             origin = locate(start + bad.row) if locate is not None else RowOrigin(label, start + bad.row)
             raise origin.error(bad)
         start += batch.num_rows
-    if verdict is not None:
-        _write_atomically(verdict, {"label": label, "rows": start, "columns": mapping})
+    return start
 
 
 def _verdict_path(dataset: datasets.Dataset, mapping: Mapping[str, str]) -> Path | None:
@@ -209,13 +221,6 @@ def _verdict_path(dataset: datasets.Dataset, mapping: Mapping[str, str]) -> Path
     key = json.dumps([CHECKS_VERSION, dataset._fingerprint, sorted(mapping.items()), stats, len(dataset)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return Path(hf.config.HF_DATASETS_CACHE) / "cpt-row-checks" / f"{digest}.json"
-
-
-def _write_atomically(path: Path, record: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(json.dumps(record))
-    os.replace(staging, path)
 
 
 def _record_batches(dataset: datasets.Dataset, names: Sequence[str]) -> Iterator[pa.RecordBatch]:

@@ -404,15 +404,26 @@ def build_training_data(
         return TrainingData(None, ([], []), [_label(data)], global_batch, num_negatives, _stream=stream)
 
     mixture = data if isinstance(data, Mixture) else Mixture({"data": data})
-    streaming = [name for name, ds in mixture.datasets.items() if is_streaming(ds)]
-    if streaming:
-        raise ValueError(f"data=mixture with streamed sets {streaming} is not supported: load them memory-mapped")
-    sizes = [len(ds) for ds in mixture.datasets.values()]
-    counts = apportion(val_pairs, sizes).tolist()  # held-out rows in proportion to size
-    sources = [
-        Source(name, ds, HeldOut(len(ds), count, seed if index == 0 else seed + 1000003 * index))
-        for index, ((name, ds), count) in enumerate(zip(mixture.datasets.items(), counts, strict=True))
-    ]
+    sources = held_out_sources(mixture, val_pairs, seed)
+    if negatives is not None:
+        report_negative_counts(sources, num_negatives)
+    step_dataset = StepDataset(
+        sources, batcher_of(sources, mixture, global_batch, seed), tokenization, steps, rank, world_size,
+        accum_steps, negatives,
+    )  # fmt: skip
+    return TrainingData(
+        sum(s.held_out.train_size for s in sources),
+        validation_pairs(sources),
+        [s.name for s in sources],
+        global_batch,
+        num_negatives,
+        _steps=step_dataset,
+        _loader_options=_loader_options(num_workers, prefetch_factor, pin_memory),
+    )
+
+
+def validation_pairs(sources: Sequence[Source]) -> tuple[list[str], list[str]]:
+    """The held-out ``(xs, ys)`` of every source, in source order."""
     val_x: list[str] = []
     val_y: list[str] = []
     for source in sources:
@@ -420,32 +431,38 @@ def build_training_data(
             held = source.dataset[source.held_out.held.tolist()]
             val_x += held["x"]
             val_y += held["y"]
+    return val_x, val_y
+
+
+def batcher_of(
+    sources: Sequence[Source], mixture: Mixture, global_batch: int, seed: int
+) -> StepBatcher | MixtureBatcher:
+    """One source: the plain seeded epochs; several: the mixture's blocks (:mod:`train.batching`)."""
     if len(sources) == 1:
-        batcher: StepBatcher | MixtureBatcher = StepBatcher(sources[0].held_out.train_size, global_batch, seed)
-    else:
-        batcher = MixtureBatcher(
-            [s.held_out.train_size for s in sources],
-            mixture.resolved_weights(),
-            global_batch,
-            seed,
-            mixture.same_source_batches,
-        )
-    if negatives is not None:
-        report_negative_counts(sources, num_negatives)
-    step_dataset = StepDataset(sources, batcher, tokenization, steps, rank, world_size, accum_steps, negatives)
+        return StepBatcher(sources[0].held_out.train_size, global_batch, seed)
+    sizes = [s.held_out.train_size for s in sources]
+    return MixtureBatcher(sizes, mixture.resolved_weights(), global_batch, seed, mixture.same_source_batches)
+
+
+def held_out_sources(mixture: Mixture, val_pairs: int, seed: int) -> list[Source]:
+    """Each memory-mapped set of a mixture (or the one set) with its share of the ``val_pairs`` held out."""
+    streaming = [name for name, ds in mixture.datasets.items() if is_streaming(ds)]
+    if streaming:
+        raise ValueError(f"data=mixture with streamed sets {streaming} is not supported: load them memory-mapped")
+    sizes = [len(ds) for ds in mixture.datasets.values()]
+    counts = apportion(val_pairs, sizes).tolist()  # held-out rows in proportion to size
+    return [
+        Source(name, ds, HeldOut(len(ds), count, seed if index == 0 else seed + 1000003 * index))
+        for index, ((name, ds), count) in enumerate(zip(mixture.datasets.items(), counts, strict=True))
+    ]
+
+
+def _loader_options(num_workers: int, prefetch_factor: int, pin_memory: bool) -> dict[str, Any]:
     options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork after the tokenizer ran
         options.update(prefetch_factor=prefetch_factor, worker_init_fn=_one_thread, persistent_workers=False)
-    return TrainingData(
-        sum(s.held_out.train_size for s in sources),
-        (val_x, val_y),
-        [s.name for s in sources],
-        global_batch,
-        num_negatives,
-        _steps=step_dataset,
-        _loader_options=options,
-    )
+    return options
 
 
 def negative_counts(dataset: Any) -> np.ndarray:
