@@ -108,7 +108,9 @@ class DecoderEmbedder(nn.Module):
         hidden_size = backbone.config.hidden_size
         self.hidden_size = hidden_size
         self.projection = nn.Linear(hidden_size, projection_dim, bias=False) if projection_dim else None
-        self.log_scale = nn.Parameter(torch.tensor(-math.log(init_temperature)), requires_grad=learn_temperature)
+        # (1,) rather than a scalar: FSDP2 shards only tensors with a dimension
+        self.log_scale = nn.Parameter(torch.tensor([-math.log(init_temperature)]), requires_grad=learn_temperature)
+        self._register_load_state_dict_pre_hook(_scalar_log_scale_to_vector)
         self.lora = lora
         self.base_identity = base_identity
         if lora is not None:  # after the heads, so they start as without LoRA (same random draws)
@@ -200,6 +202,22 @@ class DecoderEmbedder(nn.Module):
     @property
     def embedding_dim(self) -> int:
         return self.projection.out_features if self.projection is not None else self.hidden_size
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The decoder's block classes, under transformers' attribute name: accelerate's FSDP auto-wrap
+        policy reads it to give every block its own shard unit."""
+        names = {name for backbone in self.backbone_folders().values()
+                 for name in getattr(backbone, "_no_split_modules", None) or ()}  # fmt: skip
+        return sorted(names)
+
+    def get_parameter_or_buffer(self, target: str) -> torch.Tensor:
+        """A parameter or buffer by its dotted name (transformers' models have this; accelerate's FSDP2
+        loading with ``fsdp_cpu_ram_efficient_loading`` calls it on the model it shards)."""
+        try:
+            return self.get_parameter(target)
+        except AttributeError:
+            return self.get_buffer(target)
 
     def backbone_for(self, side: str) -> PreTrainedModel:
         self._check_side(side)
@@ -473,7 +491,7 @@ class DecoderEmbedder(nn.Module):
                     model.backbones[name] = AutoModel.from_pretrained(directory / f"backbone-{name}", dtype=torch_dtype)
         heads = load_file(str(directory / HEADS_NAME))
         with torch.no_grad():
-            model.log_scale.copy_(heads["log_scale"].reshape(()))
+            model.log_scale.copy_(heads["log_scale"].reshape(1))
             if model.projection is not None:
                 model.projection.weight.copy_(heads["projection.weight"])
         return model
@@ -565,6 +583,13 @@ def enable_activation_checkpointing(backbone: PreTrainedModel) -> None:
         backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _scalar_log_scale_to_vector(state_dict: dict, prefix: str, *args: Any) -> None:
+    """Checkpoints written before ``log_scale`` had a dimension hold it as a scalar: read it as (1,)."""
+    key = f"{prefix}log_scale"
+    if key in state_dict and state_dict[key].ndim == 0:
+        state_dict[key] = state_dict[key].reshape(1)
 
 
 def resolve_checkpoint_dir(directory: str | Path) -> Path:

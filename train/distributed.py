@@ -64,3 +64,10 @@ def gather_ragged_keys(keys: torch.Tensor, counts: torch.Tensor, world_size: int
         return keys
     longest = int(counts.max())
     return gather_keys(torch.nn.functional.pad(keys, (0, longest - len(keys))), world_size)
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` whole on every process: FSDP2 keeps parameters sharded (``DTensor``) between steps,
+    so a value read outside forward and backward (the temperature) is gathered first. Call it on
+    every process (it is a collective for a sharded tensor); a plain tensor comes back unchanged."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor

@@ -31,6 +31,7 @@ from models import truncate_embeddings
 from pairdata import Pair
 from pairdata.store import replace_folder
 from train.batching import HeldOut
+from train.distributed import full_tensor
 from train.losses import InfoNCE
 
 logger = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def validation_metrics(
     ``prefix_dims`` (Matryoshka sizes) also the accuracy of the re-normalised prefix."""
     x = embedder.encode(list(xs), sides[0], batch_size=batch_size, max_length=max_length)
     y = embedder.encode(list(ys), sides[1], batch_size=batch_size, max_length=max_length)
-    scale = embedder.logit_scale().detach().float().cpu()
+    scale = full_tensor(embedder.logit_scale()).detach().float().cpu()
     loss = InfoNCE()
     out = loss(x, y, scale)
     scores = {"val_loss": out["contrastive_loss"].item(), "val_accuracy": out["accuracy"].item()}

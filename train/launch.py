@@ -4,12 +4,13 @@ run writes the same folder.
 
 The ``Accelerator`` is created here and nowhere else.
 
-FSDP on CPU processes: ``accelerate launch`` with an FSDP config and ``use_cpu: true`` starts the
-processes with ``WORLD_SIZE`` set, but accelerate 1.x only turns GPU-like process groups into FSDP,
-so each process used to see a lone ``DistributedType.NO`` and train alone. FSDP2 itself runs on
-gloo, so :func:`make_accelerator` forms the CPU group (``MULTI_CPU``) and promotes it to accelerate's
-FSDP path: the same ``prepare`` / ``save_state`` / ``get_state_dict`` code that runs on GPUs
-(configs/accelerate/fsdp_cpu.yaml, docs/scaling.md).
+CPU processes: ``accelerate launch`` with a multi-process config (DDP or FSDP) and ``use_cpu: true``
+starts the processes with ``WORLD_SIZE`` set but does not tell them to use the CPU, and accelerate 1.x
+only forms GPU-like groups by itself, so each process used to see a lone ``DistributedType.NO`` and
+train alone. :func:`make_accelerator` asks for the CPU group (``MULTI_CPU``, gloo) whenever several
+processes run without CUDA, and promotes it to accelerate's FSDP path when the launcher asked for
+FSDP (FSDP2 runs on gloo): the same ``prepare`` / ``save_state`` / ``get_state_dict`` code that runs
+on GPUs (configs/accelerate/ddp_cpu.yaml, fsdp_cpu.yaml, docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -30,17 +31,23 @@ class LaunchError(RuntimeError):
 
 
 def make_accelerator(mixed_precision: str, log_with: list[str] | None, output_dir: Path) -> Any:
-    """The run's ``Accelerator``; on CPU processes launched for FSDP, promoted to accelerate's FSDP path."""
+    """The run's ``Accelerator``: several launched processes without CUDA form a gloo group (``MULTI_CPU``),
+    promoted to accelerate's FSDP path when the launcher asked for FSDP."""
     from accelerate import Accelerator
 
-    fsdp_on_cpu = _fsdp_requested() and not _cuda()
+    cpu_group = launched_processes() > 1 and not _cuda()
     accelerator = Accelerator(
-        mixed_precision=mixed_precision, log_with=log_with, project_dir=str(output_dir), cpu=fsdp_on_cpu
+        mixed_precision=mixed_precision, log_with=log_with, project_dir=str(output_dir), cpu=cpu_group
     )
-    if fsdp_on_cpu and accelerator.num_processes > 1:
+    if cpu_group and _fsdp_requested():
         _promote_to_fsdp(accelerator, mixed_precision)
     check_process_group(accelerator)
     return accelerator
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``; 1 when not launched for several)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_process_group(accelerator: Any) -> None:
@@ -49,7 +56,7 @@ def check_process_group(accelerator: Any) -> None:
     Raises:
         LaunchError: naming the launch that gives a real group on this machine.
     """
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = launched_processes()
     if launched > 1 and accelerator.num_processes != launched:
         raise LaunchError(
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but this one sees "

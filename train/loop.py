@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from train.build import Run
+from train.distributed import full_tensor
 from train.gradcache import gradcache_backward
 from train.losses import loss_inputs
 
@@ -111,7 +112,7 @@ def step_record(run: Run, step: int, means: dict[str, Any], seconds: float) -> d
         **({} if run.data.train_rows is None else {"epoch": run.data.epoch_of(step + 1)}),
         "samples_seen": (step + 1) * run.data.global_batch,
         **means,
-        "temperature": 1.0 / run.embedder.logit_scale().item(),
+        "temperature": 1.0 / full_tensor(run.embedder.logit_scale()).item(),
         "lr": run.scheduler.get_last_lr()[0],
         "pairs_per_s": run.data.global_batch / seconds,
         "tokens_per_s": tokens / seconds,
