@@ -1,6 +1,17 @@
 """The data path at scale: peak memory against dataset size, workers, and the loop against sentence-transformers.
 
-Three tables, all measured in one run on this machine:
+Two tables on their own (issue 39), each before/after when given the code from before:
+
+* ``--mixture-steps``: seconds from a fresh process's batcher to its first batch when a 7-source
+  mixture resumes at each step, the ms per step after it and the peak RSS; ``--old-batching FILE``
+  (``git show 9ed8302:train/batching.py > FILE``) times the per-step draws it replaced, up to
+  ``--old-max-step`` (beyond, scaled by the square of the step from the largest measured one, marked
+  extrapolated);
+* ``--convert PATH``: converting one Parquet file (peak RSS, anonymous peak) and the next start
+  (conversion cached), each in a fresh process with an empty ``datasets`` cache; ``--before-tree``
+  (a git worktree of an older commit) measures that commit's ``load_files`` the same way.
+
+Otherwise three tables, all measured in one run on this machine:
 
 1. peak RSS (``VmHWM``) of a short training run (tiny random decoder) on Parquet sets of 100k, 1M
    and 10M rows of real text (the STS-B/MRPC paraphrase pairs, repeated), memory-mapped (after a
@@ -14,13 +25,17 @@ Three tables, all measured in one run on this machine:
 Usage:
     python benchmarks/data_throughput.py                              # everything (~20 min on 2 cores)
     python benchmarks/data_throughput.py --rows 100000 1000000 --skip-smollm
+    python benchmarks/data_throughput.py --mixture-steps 1000 10000 100000 1000000 --old-batching OLD.py
+    python benchmarks/data_throughput.py --convert big.parquet --before-tree /tmp/oldtree
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +51,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import train_throughput as peer  # noqa: E402  (compose, backbone_folder, peak_rss_mib, TINY_MODEL)
 
+MIXTURE_WEIGHTS = [0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.05]  # 7 sources, as in the issue's resumed run
+MIXTURE_SOURCE_ROWS = 1_000_000
 CHUNK_ROWS = 1_000_000
 ROW_GROUP_ROWS = 100_000  # a streamed Parquet file is read a row group at a time: its size bounds stream memory
 
@@ -97,8 +114,31 @@ class AnonymousPeak:
         return self.peak_kib / 1024
 
 
+def child_resume(args: argparse.Namespace) -> None:
+    """A fresh mixture batcher's first batch at ``args.steps`` (a resume), then 100 more steps; prints JSON."""
+    if args.batching:
+        spec = importlib.util.spec_from_file_location("batching_under_test", args.batching)
+        batching = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(batching)  # type: ignore[union-attr]
+    else:
+        from train import batching
+    started = time.perf_counter()
+    sizes = [MIXTURE_SOURCE_ROWS] * len(MIXTURE_WEIGHTS)
+    batcher = batching.MixtureBatcher(sizes, MIXTURE_WEIGHTS, args.batch, 0, False)
+    batcher.global_batch(args.steps)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    for step in range(args.steps + 1, args.steps + 101):
+        batcher.global_batch(step)
+    print(json.dumps({"first_batch_s": first, "next_ms_per_step": (time.perf_counter() - started) * 10,
+                      "peak_rss_mib": peer.peak_rss_mib()}))  # fmt: skip
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
+    if args.child == "resume":
+        child_resume(args)
+        return
     anonymous = AnonymousPeak()
     started = time.perf_counter()
     if args.child == "prepare":
@@ -134,15 +174,83 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
-def run_child(mode: str, path: Path, **options: object) -> dict:
-    command = [sys.executable, __file__, "--child", mode, "--path", str(path)]
+def run_child(mode: str, path: Path, tree: Path = REPO_ROOT, env: dict | None = None, **options: object) -> dict:
+    """``mode`` measured in a fresh process running ``tree``'s copy of this script; adds its CPU seconds."""
+    command = [sys.executable, str(tree / "benchmarks" / Path(__file__).name), "--child", mode, "--path", str(path)]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, text=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise RuntimeError(f"{mode} on {path} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out
+
+
+def mixture_table(args: argparse.Namespace) -> None:
+    """Resume cost of a 7-source mixture against the step, before (per-step draws) and after (blocks)."""
+    print(f"\n## Resuming a 7-source mixture ({MIXTURE_SOURCE_ROWS:,} rows each, global batch {args.batch}): "
+          "fresh process, seconds to the first batch, then ms per step over the next 100, peak RSS\n")  # fmt: skip
+    measured: dict[int, dict] = {}
+    if args.old_batching:
+        for steps in [s for s in args.mixture_steps if s <= args.old_max_step]:
+            measured[steps] = run_child("resume", Path("-"), steps=steps, batch=args.batch, batching=args.old_batching)
+    fit = _quadratic_fit({s: m["first_batch_s"] for s, m in measured.items()})
+    print("| resume at step | before: s to first batch | before: ms/step after | before: peak RSS MiB "
+          "| after: s to first batch | after: ms/step after | after: peak RSS MiB |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for steps in args.mixture_steps:
+        new = run_child("resume", Path("-"), steps=steps, batch=args.batch)
+        old = measured.get(steps)
+        if old is not None:
+            before = f"{old['first_batch_s']:.2f} | {old['next_ms_per_step']:.2f} | {old['peak_rss_mib']:.0f}"
+        elif fit is not None:
+            before = f"~{fit(steps):,.0f} (extrapolated) | - | -"
+        else:
+            before = "- | - | -"
+        print(f"| {steps:,} | {before} | {new['first_batch_s']:.2f} | {new['next_ms_per_step']:.2f} | "
+              f"{new['peak_rss_mib']:.0f} |", flush=True)  # fmt: skip
+
+
+def _quadratic_fit(points: dict[int, float]):
+    """t(step) = t(largest measured step) * (step / that step)^2: the replay is quadratic in the step
+    (each step's ``np.vstack`` copies every earlier step's counts); None without a measurement."""
+    if not points:
+        return None
+    largest = max(points)
+    return lambda step: points[largest] * (step / largest) ** 2
+
+
+def conversion_table(args: argparse.Namespace) -> None:
+    """Converting one large Parquet file and the next start, before (``--before-tree``) and after."""
+    size_gb = args.convert.stat().st_size / 1e9
+    print(f"\n## Converting {args.convert.name} ({size_gb:.2f} GB Parquet) into Arrow, then starting again\n")
+    print("Each cell a fresh process; the first with an empty `datasets` cache (conversion + row check), the "
+          "second with the cache it left (what every later start and resume pays). RSS = VmHWM, anon = RssAnon "
+          "peak.\n")  # fmt: skip
+    print("| code | first: s | first: CPU s | first: RSS / anon MiB | next start: s | next start: CPU s "
+          "| next start: RSS / anon MiB |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    trees = ([(args.before_tree, f"before ({_commit(args.before_tree)})")] if args.before_tree else []) + [
+        (REPO_ROOT, f"after ({_commit(REPO_ROOT)})")
+    ]
+    for tree, label in trees:
+        with tempfile.TemporaryDirectory(dir=args.work) as cache:
+            env = {"HF_DATASETS_CACHE": cache}
+            cells = []
+            for _ in range(2):
+                m = run_child("prepare", args.convert, tree=tree, env=env)
+                memory = f"{m['peak_rss_mib']:.0f} / {m['peak_anon_mib']:.0f}"
+                cells.append(f"{m['seconds']:.1f} | {m['cpu_s']:.1f} | {memory}")
+        print(f"| {label} | {' | '.join(cells)} |", flush=True)
+
+
+def _commit(tree: Path) -> str:
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "?"
 
 
 def memory_table(args: argparse.Namespace) -> None:
@@ -172,11 +280,18 @@ def main() -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("CPT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
     )
-    parser.add_argument("--child", choices=["prepare", "mmap", "stream"], help=argparse.SUPPRESS)
+    parser.add_argument("--mixture-steps", type=int, nargs="*", default=None,
+                        help="only the mixture-resume table, at these steps")  # fmt: skip
+    parser.add_argument("--old-batching", help="train/batching.py from before the blocks (a file), timed beside")
+    parser.add_argument("--old-max-step", type=int, default=100_000, help="steps beyond are extrapolated for it")
+    parser.add_argument("--convert", type=Path, help="only the conversion table, on this Parquet file")
+    parser.add_argument("--before-tree", type=Path, help="a worktree of the commit to compare the conversion with")
+    parser.add_argument("--child", choices=["prepare", "mmap", "stream", "resume"], help=argparse.SUPPRESS)
+    parser.add_argument("--batching", help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", default="tiny", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=30, help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=32, help="global batch of the runs and of the mixture table")
     parser.add_argument("--max-length", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,6 +302,13 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_DATASETS_CACHE", str(args.work / "hf-cache"))
     print(f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {os.cpu_count()} CPUs")
+    if args.mixture_steps or args.convert:
+        if args.mixture_steps:
+            mixture_table(args)
+        if args.convert:
+            conversion_table(args)
+        print(f"\n# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        return
 
     if not args.skip_memory:
         memory_table(args)
