@@ -13,7 +13,9 @@ Everything on the tiny random tower of the tests, 127.0.0.1 only, in one run:
    many failed, and how long the exit took;
 5. **kill -9 during training**: runs that checkpoint every step and keep 2 are killed at random
    moments (while writing and while pruning); after each kill every checkpoint left must be
-   complete or absent, and ``resume=auto`` must finish the run.
+   complete or absent, and ``resume=auto`` must finish the run;
+6. **bad data** (``benchmarks/fault_injection_data.py``, its own table): each bad-data case of
+   issue 41 through the training CLI, memory-mapped and streamed (``--skip-data`` leaves it out).
 
 Usage:
     python benchmarks/fault_injection.py                 # about 5 min on 2 cores
@@ -313,6 +315,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-data", action="store_true", help="leave out the bad-data cases")
     args = parser.parse_args()
     from models import DecoderEmbedder
     from tests.conftest import TINY_LLAMA, TWO_SIDES
@@ -363,6 +366,13 @@ def main() -> None:
         print("| " + " | ".join(map(str, row)) + " |")
     if bad["failures"]:
         print("\nfailures:", *bad["failures"], sep="\n  ")
+    if not args.skip_data:
+        sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+        from fault_injection_data import print_table, run_data_cases
+
+        print("\n## Bad data through the training CLI\n")
+        with tempfile.TemporaryDirectory() as folder:
+            print_table(run_data_cases(Path(folder)))
     print(f"\n# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
