@@ -61,7 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--body-timeout-s", type=float, default=30.0, help="a body slower to arrive answers 408")
     parser.add_argument(
-        "--graceful-shutdown-s", type=float, default=5.0, help="at shutdown, cancel requests still running after this"
+        "--graceful-shutdown-s",
+        type=float,
+        default=5.0,
+        help="at SIGTERM, requests in flight get this long; those still running near its end are answered 503",
+    )
+    parser.add_argument(
+        "--header-timeout-s", type=float, default=10.0, help="request line and headers slower to arrive answer 408"
     )
     parser.add_argument(
         "--pack-tokens",
@@ -92,9 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         if not api_key:
             sys.exit(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
 
-    import uvicorn
-
     from serve.app import Settings, create_app
+    from serve.lifecycle import run_server
 
     settings = Settings(
         model=args.model,
@@ -114,18 +119,12 @@ def main(argv: list[str] | None = None) -> None:
         torch_threads=args.torch_threads,
         body_timeout_s=args.body_timeout_s,
         graceful_shutdown_s=args.graceful_shutdown_s,
+        header_timeout_s=args.header_timeout_s,
         call_overhead_tokens=args.call_overhead_tokens,
         pack_tokens=args.pack_tokens or None,
         **({"max_body_bytes": args.max_body_bytes} if args.max_body_bytes is not None else {}),
     )
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,  # serve.access writes one structured line per request instead
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-    )
+    run_server(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,22 @@ accepting requests while the model works and rows that arrive meanwhile form the
 row longer than ``max_batch_tokens`` runs alone.
 
 ``close()`` stops new submissions and returns once every queued row has been answered, which is
-what makes shutdown finish in-flight requests.
+what makes shutdown finish in-flight requests; ``close(timeout)`` waits at most that long, then
+fails what is left with :class:`BatcherClosed` and leaves a forward call still running to the
+model thread, a daemon thread that does not hold the process at exit (a micro-batch of a large
+model on a CPU can run for tens of seconds, longer than any shutdown grace).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -39,6 +44,39 @@ Result = TypeVar("Result")
 
 class BatcherClosed(RuntimeError):
     """Raised by :meth:`MicroBatcher.submit` once the batcher is closing."""
+
+
+class DaemonThreadExecutor(Executor):
+    """Runs submitted calls one at a time, in order, on one daemon thread.
+
+    ``ThreadPoolExecutor`` joins its threads when the interpreter exits, so a forward call still
+    running at shutdown would hold the process until it ends; this thread is a daemon.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[override]
+        future: Future = Future()
+        self._calls.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._calls.put(None)
+        if wait:
+            self._thread.join()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args, kwargs = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to the awaiting coroutine, as ThreadPoolExecutor does
+                future.set_exception(exc)
 
 
 @dataclass
@@ -167,8 +205,9 @@ class MicroBatcher(Generic[Row, Result]):
         self._requests: deque[_Request[Row]] = deque()  # one queue per request, served in turn
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadExecutor | None = None
         self._closing = False
+        self._running: list[_Pending[Row]] = []  # the batch in the model thread
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -177,21 +216,38 @@ class MicroBatcher(Generic[Row, Result]):
         if self._worker is not None:
             raise RuntimeError("the batcher is already started")
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._executor = DaemonThreadExecutor("model")
         self._closing = False
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="micro-batcher")
 
-    async def close(self) -> None:
-        """Refuse new rows, answer every queued row, then stop the worker and its thread."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Refuse new rows and answer every queued row, then stop the worker and its thread.
+
+        ``timeout``: wait at most this many seconds; then the rows not answered fail with
+        :class:`BatcherClosed` and a forward call still running is left to the daemon model thread.
+        """
         self._closing = True
         if self._wakeup is not None:
             self._wakeup.set()
+        finished = True
         if self._worker is not None:
-            await self._worker
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), timeout)
+            except asyncio.TimeoutError:
+                finished = False
+                self._worker.cancel()
+                self._fail_unanswered()
             self._worker = None
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=finished)
             self._executor = None
+
+    def _fail_unanswered(self) -> None:
+        for pending in [*self._running, *(p for request in self._requests for p in request.rows)]:
+            if not pending.future.done():
+                pending.future.set_exception(BatcherClosed("the server is shutting down"))
+        self._requests.clear()
+        self._running = []
 
     @property
     def running(self) -> bool:
@@ -224,8 +280,9 @@ class MicroBatcher(Generic[Row, Result]):
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
         except BaseException:
-            for p in pending:  # a cancelled request frees its queued rows
+            for p in pending:  # a cancelled request frees its queued rows, at once (``queued`` counts them no more)
                 p.future.cancel()
+            request.rows.clear()
             raise
 
     # ---- worker -------------------------------------------------------------------------------
@@ -243,6 +300,7 @@ class MicroBatcher(Generic[Row, Result]):
             batch = await self._collect()
             if not batch:
                 continue
+            self._running = batch
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, [p.row for p in batch])
                 if len(results) != len(batch):

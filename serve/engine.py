@@ -119,23 +119,30 @@ class EmbeddingEngine:
     def side_of(self, model_name: str) -> str | None:
         return self.model_names.get(model_name)
 
-    def tokenize(self, texts: Sequence[str], stop_after_tokens: int | None = None) -> list[list[int]]:
+    def tokenize(
+        self, texts: Sequence[str], stop_after_tokens: int | None = None, stop_after_item_tokens: int | None = None
+    ) -> list[list[int]]:
         """Body token ids of each text, untruncated (so request limits see the real length).
 
-        Texts are tokenized in chunks of :data:`TOKENIZE_CHUNK`; with ``stop_after_tokens``, no
-        further chunk is tokenized once the ids so far exceed it (the request is over its limit
-        anyway), so the bodies returned may be fewer than the texts.
+        Texts are tokenized in chunks of at most :data:`TOKENIZE_CHUNK` texts and
+        :data:`TOKENIZE_CHUNK_CHARS` characters (a longer text is a chunk of its own). No further chunk
+        is tokenized once the ids so far exceed ``stop_after_tokens``, or one text's exceed
+        ``stop_after_item_tokens`` (the request is over its limit anyway), so the bodies returned may
+        be fewer than the texts: the work spent on a request over its limits is at most what reaching
+        the limit took plus one chunk, not the whole body.
         """
         tokenizer = getattr(self._thread_tokenizers, "tokenizer", None)
         if tokenizer is None:
             tokenizer = self._thread_tokenizers.tokenizer = copy.deepcopy(self.tokenizer)
         bodies: list[list[int]] = []
         total = 0
-        for start in range(0, len(texts), TOKENIZE_CHUNK):
-            chunk = body_ids(tokenizer, texts[start : start + TOKENIZE_CHUNK])
-            bodies += chunk
-            total += sum(len(ids) for ids in chunk)
+        for chunk in character_chunks(texts, TOKENIZE_CHUNK, TOKENIZE_CHUNK_CHARS):
+            ids = body_ids(tokenizer, chunk)
+            bodies += ids
+            total += sum(len(body) for body in ids)
             if stop_after_tokens is not None and total > stop_after_tokens:
+                break
+            if stop_after_item_tokens is not None and any(len(body) > stop_after_item_tokens for body in ids):
                 break
         return bodies
 
@@ -202,6 +209,22 @@ class EmbeddingEngine:
 PADDING_SLACK = 1.25
 BACKENDS = ("torch", "onnx", "onnx-int8")
 TOKENIZE_CHUNK = 64  # texts per tokenizer call: the granularity of stopping a request that is over its limit
+# ... and characters per call: SmolLM2's tokenizer takes ~1 s per 660k characters on this CPU, prose or digits alike
+TOKENIZE_CHUNK_CHARS = 65_536
+
+
+def character_chunks(texts: Sequence[str], max_texts: int, max_chars: int) -> list[Sequence[str]]:
+    """Consecutive runs of ``texts``, each at most ``max_texts`` texts and ``max_chars`` characters (or one text)."""
+    chunks: list[Sequence[str]] = []
+    start = chars = 0
+    for end, text in enumerate(texts):
+        if end > start and (end - start >= max_texts or chars + len(text) > max_chars):
+            chunks.append(texts[start:end])
+            start, chars = end, 0
+        chars += len(text)
+    if start < len(texts):
+        chunks.append(texts[start:])
+    return chunks
 
 
 def max_chars_per_token(tokenizer: Any) -> int:

@@ -4,12 +4,16 @@ FastAPI reads and parses a request's body before it runs the route's dependencie
 there comes after the whole body was read (and malformed JSON answered 400 before 401). This guard
 works on the raw ASGI messages, before anything is parsed:
 
-1. a ``/v1`` request without ``Authorization: Bearer <key>`` (when a key is set): 401, body unread;
-2. a ``Content-Length`` over ``max_body_bytes``: 413, body unread;
-3. the body is read, at most ``max_body_bytes`` of it (413 past that: a chunked body declares no
-   length), within ``body_timeout_s`` (408 past that), so a client that sends part of a body holds
+1. when a key is set, a request to any path but :data:`PUBLIC_PATHS` (``/health``, for load
+   balancers' probes) without ``Authorization: Bearer <key>``: 401, body unread; the OpenAPI
+   document and ``/metrics`` are behind the key too;
+2. a body sent to a path outside ``/v1`` (no other route takes one): 413, unread;
+3. a ``Content-Length`` over ``max_body_bytes``: 413, body unread;
+4. the body is read, at most ``max_body_bytes`` of it (413 past that: a chunked body declares no
+   length), within ``body_timeout_s`` (408 past that), and before the shutdown's answer deadline
+   (503 past that, :class:`serve.lifecycle.Drain`), so a client that sends part of a body holds
    neither memory nor a request open, nor the server at shutdown;
-4. the app gets the body as one message, and later ``receive`` calls (disconnects) from the client.
+5. the app gets the body as one message, and later ``receive`` calls (disconnects) from the client.
 
 A refusal that leaves body bytes unread closes the connection (``Connection: close``): keeping it
 would mean reading the rest of the body anyway.
@@ -22,14 +26,17 @@ import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from serve.errors import AUTHENTICATION, OpenAIError
+from serve.errors import AUTHENTICATION, OVERLOADED, OpenAIError
+from serve.lifecycle import Drain
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
-PROTECTED_PREFIX = "/v1"
+BODY_PREFIX = "/v1"  # the only routes that take a request body
+PUBLIC_PATHS = frozenset({"/health"})  # answered without the key: liveness and readiness probes
+CLOSE = {"Connection": "close"}
 
 
 class _BodyTooLarge(Exception):
@@ -45,47 +52,53 @@ class RequestGuard:
 
     Args:
         app: the ASGI application behind the guard.
-        api_key: the bearer key every ``/v1`` request needs (``None``: no key).
+        api_key: the bearer key every request but :data:`PUBLIC_PATHS` needs (``None``: no key).
         max_body_bytes: the largest request body read.
         body_timeout_s: how long the whole body may take to arrive, from the first ``receive``.
+        drain: the server's shutdown clock; a body still arriving when it is due answers 503.
     """
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int, body_timeout_s: float) -> None:
+    def __init__(
+        self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int, body_timeout_s: float, drain: Drain
+    ) -> None:
         self.app = app
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.drain = drain
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-        unread = {"Connection": "close"} if has_body else {}
-        refusal = self._key_refusal(scope["path"], headers.get("authorization"), unread)
-        if refusal is None and _declared_length(headers) > self.max_body_bytes:
-            refusal = self._too_large()
+        refusal = self._refusal(scope["path"], headers)
+        if refusal is None:
+            try:
+                body = await self._read_body_in_time(receive)
+            except _Disconnected:
+                return
+            except OpenAIError as error:
+                refusal = error
         if refusal is not None:
             await refusal.response()(scope, receive, send)
             return
-        try:
-            body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
-        except _Disconnected:
-            return
-        except _BodyTooLarge:
-            await self._too_large().response()(scope, receive, send)
-            return
-        except asyncio.TimeoutError:
-            message = f"the request body did not arrive within {self.body_timeout_s:g} s"
-            timeout = OpenAIError(408, message, code="request_timeout", headers={"Connection": "close"})
-            await timeout.response()(scope, receive, send)
-            return
         await self.app(scope, _replay(body, receive), send)
 
+    def _refusal(self, path: str, headers: dict[str, str]) -> OpenAIError | None:
+        """What to answer without reading the body, or ``None`` to read it."""
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        refusal = self._key_refusal(path, headers.get("authorization"), CLOSE if has_body else {})
+        if refusal is None and has_body and not (path == BODY_PREFIX or path.startswith(BODY_PREFIX + "/")):
+            refusal = OpenAIError(413, f"only {BODY_PREFIX}/ routes take a request body", code="body_not_allowed",
+                                  headers=CLOSE)  # fmt: skip
+        if refusal is None and _declared_length(headers) > self.max_body_bytes:
+            refusal = self._too_large()
+        return refusal
+
     def _key_refusal(self, path: str, authorization: str | None, headers: dict[str, str]) -> OpenAIError | None:
-        """The 401 for a ``/v1`` request without the right key, or ``None``."""
-        if self.api_key is None or not (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")):
+        """The 401 for a request without the right key to a path not in :data:`PUBLIC_PATHS`, or ``None``."""
+        if self.api_key is None or path in PUBLIC_PATHS:
             return None
         scheme, _, credentials = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
@@ -98,7 +111,28 @@ class RequestGuard:
 
     def _too_large(self) -> OpenAIError:
         message = f"the request body is over {self.max_body_bytes} bytes"
-        return OpenAIError(413, message, code="request_too_large", headers={"Connection": "close"})
+        return OpenAIError(413, message, code="request_too_large", headers=CLOSE)
+
+    async def _read_body_in_time(self, receive: Receive) -> bytes:
+        """The body, or an :class:`OpenAIError`: 413 too large, 408 too slow, 503 still arriving at shutdown."""
+        reading = asyncio.ensure_future(asyncio.wait_for(self._read_body(receive), self.body_timeout_s))
+        due = asyncio.ensure_future(self.drain.deadline_passed())
+        try:
+            await asyncio.wait({reading, due}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            due.cancel()
+            if not reading.done():
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+        if reading.cancelled():
+            raise OpenAIError(503, "the server is shutting down", type=OVERLOADED, code="unavailable", headers=CLOSE)
+        try:
+            return reading.result()
+        except _BodyTooLarge:
+            raise self._too_large() from None
+        except asyncio.TimeoutError:
+            message = f"the request body did not arrive within {self.body_timeout_s:g} s"
+            raise OpenAIError(408, message, code="request_timeout", headers=CLOSE) from None
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []

@@ -75,7 +75,7 @@ def route_label(path: str) -> str:
     return path if path in KNOWN_ROUTES else "other"
 
 
-KNOWN_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/health", "/metrics", "/openapi.json", "/docs"})
+KNOWN_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/health", "/metrics", "/openapi.json"})
 
 
 class AccessLog:

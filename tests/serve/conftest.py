@@ -56,10 +56,16 @@ def run_with_client(app, body: Callable[[Any], Awaitable[T]]) -> T:
 
 
 class LoopbackServer:
-    """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a background thread."""
+    """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a background thread.
 
-    def __init__(self, app) -> None:
+    ``production=True``: as ``python -m serve`` runs it (:func:`serve.lifecycle.run_server`): the
+    draining server and the header-timeout protocol, with the app's own grace and header timeout.
+    """
+
+    def __init__(self, app, production: bool = False) -> None:
         import uvicorn
+
+        from serve.lifecycle import production_server
 
         self.app = app
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -67,8 +73,11 @@ class LoopbackServer:
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30)
-        self.server = uvicorn.Server(config)
+        if production:
+            self.server: uvicorn.Server = production_server(app, log_level="warning", lifespan="on")
+        else:
+            config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30)
+            self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     def start(self) -> LoopbackServer:

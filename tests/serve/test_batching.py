@@ -155,6 +155,50 @@ def test_close_answers_queued_rows_then_refuses():
     assert run(main()) == [[0], [2], [4], [6], [8]]
 
 
+def test_close_with_a_timeout_fails_what_is_left_and_does_not_wait_for_the_model():
+    gate = threading.Event()
+
+    def stuck(rows: list[int]) -> list[int]:
+        gate.wait(30)
+        return rows
+
+    async def main() -> tuple[float, list]:
+        batcher = MicroBatcher(stuck, length_of=lambda row: 1, max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        pending = [asyncio.create_task(batcher.submit([i])) for i in range(3)]
+        await asyncio.sleep(0.05)  # the first row is in the model, the others queued
+        started = time.monotonic()
+        await batcher.close(timeout=0.2)
+        took = time.monotonic() - started
+        return took, await asyncio.gather(*pending, return_exceptions=True)
+
+    try:
+        took, results = run(main())
+    finally:
+        gate.set()
+    assert took < 10  # the 30 s forward call is left to the daemon model thread
+    assert all(isinstance(result, BatcherClosed) for result in results)
+
+
+def test_a_cancelled_request_leaves_the_queue_at_once():
+    async def main() -> tuple[int, int]:
+        batcher = MicroBatcher(Recorder(delay=0.2), length_of=lambda row: 1, max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([1]))
+        await asyncio.sleep(0.02)
+        second = asyncio.create_task(batcher.submit([2, 3, 4]))
+        await asyncio.sleep(0.02)
+        before = batcher.queued
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+        after = batcher.queued  # the first batch is still running: the worker has not looked at the queue
+        await first
+        await batcher.close()
+        return before, after
+
+    assert run(main()) == (3, 0)
+
+
 def test_cancelled_request_rows_are_skipped():
     recorder = Recorder(delay=0.1)
 

@@ -188,10 +188,13 @@ def test_cli_sets_the_body_and_shutdown_bounds(monkeypatch):
     import uvicorn
 
     from serve.__main__ import main
+    from serve.lifecycle import GracefulServer
 
     seen: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs, settings=app.state.settings))
-    main(["--model", "m", "--max-body-bytes", "1000", "--body-timeout-s", "7", "--graceful-shutdown-s", "3"])
-    settings = seen["settings"]
+    monkeypatch.setattr(GracefulServer, "run", lambda self: seen.update(config=self.config, app=self.drained_app))
+    main(["--model", "m", "--max-body-bytes", "1000", "--body-timeout-s", "7", "--graceful-shutdown-s", "3",
+          "--header-timeout-s", "4"])  # fmt: skip
+    settings = seen["app"].state.settings
     assert (settings.max_body_bytes, settings.body_timeout_s, settings.graceful_shutdown_s) == (1000, 7, 3)
-    assert seen["timeout_graceful_shutdown"] == 3
+    assert settings.header_timeout_s == 4
+    assert isinstance(seen["config"], uvicorn.Config) and seen["config"].timeout_graceful_shutdown == 3

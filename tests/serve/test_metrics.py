@@ -34,8 +34,8 @@ def test_metrics_and_access_log_cover_answers_and_refusals(engine, caplog):
         assert too_big.status_code == 413
         unknown = await client.post("/v1/embeddings", headers=auth, json={"model": "nope", "input": "x"})
         assert unknown.status_code == 404
-        assert (await client.get("/no/such/route")).status_code == 404
-        metrics = await client.get("/metrics")
+        assert (await client.get("/no/such/route", headers=auth)).status_code == 404
+        metrics = await client.get("/metrics", headers=auth)  # behind the key, as every route but /health
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
         return tokens, metrics.text
 

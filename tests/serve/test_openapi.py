@@ -11,8 +11,9 @@ from tests.serve.conftest import run_with_client
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
-def document(app) -> dict:
-    response = run_with_client(app, lambda client: client.get("/openapi.json"))
+def document(app, key: str | None = None) -> dict:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    response = run_with_client(app, lambda client: client.get("/openapi.json", headers=headers))
     assert response.status_code == 200
     return response.json()
 
@@ -24,7 +25,7 @@ def open_doc(engine):
 
 @pytest.fixture(scope="module")
 def locked_doc(engine):
-    return document(create_app(Settings(api_key="k"), engine=engine))
+    return document(create_app(Settings(api_key="k"), engine=engine), key="k")  # behind the key too
 
 
 def responses(doc: dict, path: str, method: str) -> dict:

@@ -33,7 +33,8 @@ def load(settings: Settings, **config) -> schemathesis.BaseSchema:
     """The app's OpenAPI document, loaded through the app itself, with :data:`SETTINGS` and ``config``."""
     app = create_app(settings, engine=ENGINE)
     project = schemathesis.Config.from_dict({**SETTINGS, **config})
-    return schemathesis.openapi.from_asgi("/openapi.json", app, config=project)
+    # with a key the document is behind it too
+    return schemathesis.openapi.from_asgi("/openapi.json", app, config=project, headers=config.get("headers", {}))
 
 
 without_key = load(Settings())
