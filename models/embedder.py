@@ -108,9 +108,8 @@ class DecoderEmbedder(nn.Module):
         hidden_size = backbone.config.hidden_size
         self.hidden_size = hidden_size
         self.projection = nn.Linear(hidden_size, projection_dim, bias=False) if projection_dim else None
-        # (1,) rather than a scalar: FSDP2 shards only tensors with a dimension
-        self.log_scale = nn.Parameter(torch.tensor([-math.log(init_temperature)]), requires_grad=learn_temperature)
-        self._register_load_state_dict_pre_hook(_scalar_log_scale_to_vector)
+        self.temperature = Temperature(init_temperature, min_temperature, learn_temperature)
+        self._register_load_state_dict_pre_hook(_older_log_scale)
         self.lora = lora
         self.base_identity = base_identity
         if lora is not None:  # after the heads, so they start as without LoRA (same random draws)
@@ -224,8 +223,13 @@ class DecoderEmbedder(nn.Module):
         return self.backbone if self.shared_weights else self.backbones[side]
 
     def logit_scale(self) -> torch.Tensor:
-        """``exp(log_scale)`` clamped so the temperature never drops below ``min_temperature``."""
-        return self.log_scale.clamp(max=-math.log(self.min_temperature)).exp()
+        """``exp(log_scale)`` clamped so the temperature never drops below ``min_temperature``: (1,)."""
+        return self.temperature()
+
+    @property
+    def log_scale(self) -> nn.Parameter:
+        """The learnable log logit scale (the temperature is ``exp(-log_scale)``)."""
+        return self.temperature.log_scale
 
     def tokenize(self, texts: Sequence[str], side: str | Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
         """Delimit, truncate and pad texts of one side, or of one side per text."""
@@ -414,7 +418,7 @@ class DecoderEmbedder(nn.Module):
             extra = {"save_embedding_layers": False} if stem == "adapter" else {}
             backbone.save_pretrained(directory / folder, state_dict=part, **extra)
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
-        log_scale = full["log_scale"] if full is not None else self.log_scale
+        log_scale = full["temperature.log_scale"] if full is not None else self.log_scale
         heads = {"log_scale": log_scale.detach().reshape(1).float().cpu().contiguous()}
         if self.projection is not None:
             weight = full["projection.weight"] if full is not None else self.projection.weight
@@ -585,11 +589,29 @@ def enable_activation_checkpointing(backbone: PreTrainedModel) -> None:
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _scalar_log_scale_to_vector(state_dict: dict, prefix: str, *args: Any) -> None:
-    """Checkpoints written before ``log_scale`` had a dimension hold it as a scalar: read it as (1,)."""
-    key = f"{prefix}log_scale"
-    if key in state_dict and state_dict[key].ndim == 0:
-        state_dict[key] = state_dict[key].reshape(1)
+def _older_log_scale(state_dict: dict, prefix: str, *args: Any) -> None:
+    """Read checkpoints written when ``log_scale`` sat on the embedder itself, as a scalar."""
+    old, key = f"{prefix}log_scale", f"{prefix}temperature.log_scale"
+    if old in state_dict:
+        state_dict[key] = state_dict.pop(old).reshape(1)
+
+
+class Temperature(nn.Module):
+    """The contrastive loss's learnable logit scale, ``exp(log_scale)``, clamped so the temperature
+    ``exp(-log_scale)`` stays ``>= min_temperature``.
+
+    A module of its own so that reading the scale is a forward call: ZeRO-3 gathers a module's
+    partitioned parameters only inside its forward, and FSDP2 shards only tensors with a dimension,
+    hence (1,) rather than a scalar.
+    """
+
+    def __init__(self, init_temperature: float, min_temperature: float, learn: bool) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor([-math.log(init_temperature)]), requires_grad=learn)
+        self.max_log_scale = -math.log(min_temperature)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=self.max_log_scale).exp()
 
 
 def resolve_checkpoint_dir(directory: str | Path) -> Path:

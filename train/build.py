@@ -19,12 +19,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from models.backbone import resolve_pretrained
 from pairdata.trainsets import split_data_config
 from train.checkpoint import Checkpointer
 from train.data import Tokenization, TrainingData, build_training_data
 from train.evaluation import Validator
 from train.freezing import freeze_for_training, lora_in_top_layers
-from train.launch import RunFolderLock, make_accelerator
+from train.launch import RunFolderLock, configure_engine, make_accelerator
 from train.losses import ContrastiveLoss, Matryoshka, build_loss
 from train.optim import adamw, lr_schedule
 from train.settings import TrainerSettings
@@ -63,14 +64,17 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     log_with, wandb_kwargs = tracker_settings(cfg.logging.backend, cfg.logging.mode)
     accelerator = make_accelerator(settings.resolved_mixed_precision(), log_with, output_dir)
     settings.check_distributed(accelerator.distributed_type)
+    configure_engine(accelerator, settings.batch_size)
     lock = RunFolderLock(output_dir) if accelerator.is_main_process else None
     try:
         set_seed(cfg.seed)
         sides = pair_sides(cfg.tower)
-        with accelerator.main_process_first():  # the first load may convert the offline model (or data) into a cache
-            embedder = build_embedder(cfg, settings)
+        with accelerator.main_process_first():  # the first load converts the offline model (and data) into caches
+            if cfg.model.get("pretrained"):
+                resolve_pretrained(cfg.model.pretrained)
             data_config, data_options = split_data_config(cfg.data)
             dataset = hydra.utils.instantiate(data_config)
+        embedder = build_embedder(cfg, settings)  # on every process at once: ZeRO-3 builds it collectively
         data = build_data(dataset, embedder, sides, settings, cfg.seed, accelerator, data_options)
         optimizer = adamw(embedder, settings)
         scheduler = lr_schedule(optimizer, settings)

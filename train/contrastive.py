@@ -63,9 +63,24 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         run(cfg)
-    except (ConfigError, LaunchError) as error:  # a bad value or launch: one line naming it, not a traceback
-        logger.error("%s", error)
+    except Exception as error:
+        cause = one_line_cause(error)
+        if cause is None:
+            raise
+        logger.error("%s", cause)
         sys.exit(2)
+
+
+def one_line_cause(error: BaseException) -> BaseException | None:
+    """The user's mistake behind ``error`` when it is one (a bad config value, launch or data file, whose
+    message names the fix), else ``None``: those print as one line, anything else as a traceback."""
+    from hydra.errors import InstantiationException
+
+    from pairdata.errors import DataFormatError
+
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:  # raised inside a data loader
+        error = error.__cause__
+    return error if isinstance(error, (ConfigError, LaunchError, DataFormatError)) else None
 
 
 if __name__ == "__main__":

@@ -31,18 +31,31 @@ class LaunchError(RuntimeError):
 
 
 def make_accelerator(mixed_precision: str, log_with: list[str] | None, output_dir: Path) -> Any:
-    """The run's ``Accelerator``: several launched processes without CUDA form a gloo group (``MULTI_CPU``),
-    promoted to accelerate's FSDP path when the launcher asked for FSDP."""
+    """The run's ``Accelerator``. Several launched processes without CUDA form a gloo group: ``MULTI_CPU``
+    (DDP), promoted to accelerate's FSDP path when the launcher asked for FSDP, or DeepSpeed's own
+    group over gloo when it asked for DeepSpeed (whose CPU default, oneCCL, is not installed)."""
     from accelerate import Accelerator
+    from accelerate.state import PartialState
 
-    cpu_group = launched_processes() > 1 and not _cuda()
+    on_cpu = launched_processes() > 1 and not _cuda()
+    deepspeed = _requested("DEEPSPEED")
+    if on_cpu and deepspeed:
+        PartialState(backend="gloo")  # the shared state Accelerator then builds on
     accelerator = Accelerator(
-        mixed_precision=mixed_precision, log_with=log_with, project_dir=str(output_dir), cpu=cpu_group
+        mixed_precision=mixed_precision, log_with=log_with, project_dir=str(output_dir), cpu=on_cpu and not deepspeed
     )
-    if cpu_group and _fsdp_requested():
+    if on_cpu and _requested("FSDP"):
         _promote_to_fsdp(accelerator, mixed_precision)
     check_process_group(accelerator)
     return accelerator
+
+
+def configure_engine(accelerator: Any, micro_batch: int) -> None:
+    """Tell DeepSpeed the per-process micro-batch (it reads it from a prepared DataLoader, which this
+    trainer does not hand over: its data yields whole steps)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
 
 
 def launched_processes() -> int:
@@ -112,8 +125,9 @@ def release_accelerator_state() -> None:
     AcceleratorState._reset_state(reset_partial_state=False)
 
 
-def _fsdp_requested() -> bool:
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+def _requested(engine: str) -> bool:
+    """Whether the launcher asked for ``FSDP`` or ``DEEPSPEED`` (``accelerate launch`` sets ACCELERATE_USE_*)."""
+    return os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() == "true"
 
 
 def _cuda() -> bool:

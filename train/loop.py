@@ -112,6 +112,7 @@ def step_record(run: Run, step: int, means: dict[str, Any], seconds: float) -> d
         **({} if run.data.train_rows is None else {"epoch": run.data.epoch_of(step + 1)}),
         "samples_seen": (step + 1) * run.data.global_batch,
         **means,
+        **run.data.mixture_rows(step + 1),  # rows each source of a mixture gave so far: its weights, audited
         "temperature": 1.0 / full_tensor(run.embedder.logit_scale()).item(),
         "lr": run.scheduler.get_last_lr()[0],
         "pairs_per_s": run.data.global_batch / seconds,

@@ -106,6 +106,9 @@ class TrainerSettings:
             raise ConfigError(
                 f"trainer.pack_length must be >= trainer.max_length ({self.max_length}) or null, got {self.pack_length}"
             )
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"trainer.lr must be > 0, got {self.lr}")
         if self.best_mode not in ("max", "min"):

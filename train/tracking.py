@@ -76,9 +76,9 @@ def describe_run(accelerator: Any, embedder: Any, data: Any, settings: Any, name
     if not accelerator.is_main_process:
         return
     parameters = list(embedder.parameters())
-    total = sum(p.numel() for p in parameters)
+    total = sum(_numel(p) for p in parameters)
     trained = [p for p in parameters if p.requires_grad]
-    trainable = sum(p.numel() for p in trained)
+    trainable = sum(_numel(p) for p in trained)
     trained_low = sorted({str(p.dtype).removeprefix("torch.") for p in trained if p.element_size() < 4})
     if trained_low:
         logger.warning(
@@ -107,3 +107,8 @@ def describe_run(accelerator: Any, embedder: Any, data: Any, settings: Any, name
             100 * trainable / total, describe_adapters(embedder), identity.pretrained or "random",
             identity.dtype, identity.sha256[:16],
         )  # fmt: skip
+
+
+def _numel(parameter: Any) -> int:
+    """A parameter's full size, also when ZeRO-3 holds only this process's partition of it."""
+    return getattr(parameter, "ds_numel", None) or parameter.numel()

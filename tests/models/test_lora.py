@@ -46,8 +46,8 @@ def test_only_adapters_delimiter_rows_and_heads_train() -> None:
     untrained = DecoderEmbedder.build(None, TWO_SIDES, random_config=TINY_LLAMA, seed=0, projection_dim=16)
     before = untrained.backbone.get_input_embeddings().weight
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert {"log_scale", "projection.weight"} <= trainable
-    assert all(name in {"log_scale", "projection.weight"} or "lora_" in name or "trainable_tokens" in name
+    assert {"temperature.log_scale", "projection.weight"} <= trainable
+    assert all(name in {"temperature.log_scale", "projection.weight"} or "lora_" in name or "trainable_tokens" in name
                for name in trainable)  # fmt: skip
     assert model.backbone.base_model.targeted_module_names  # every linear layer of attention and MLP
     assert len(model.backbone.base_model.targeted_module_names) == 7 * TINY_LLAMA["num_hidden_layers"]

@@ -154,7 +154,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(
         range(1, steps + 1)
     )
     if lora:  # the adapters and heads only: the base is rebuilt from its identity, not copied
-        assert left and all("lora_" in k or "trainable_tokens" in k or k == "log_scale" for k in left)
+        assert left and all("lora_" in k or "trainable_tokens" in k or k == "temperature.log_scale" for k in left)
 
 
 def test_fresh_start_refuses_a_folder_with_checkpoints(tmp_path) -> None:

@@ -101,6 +101,35 @@ def test_fsdp_on_two_cpu_processes_equals_one_process(tmp_path, mode: str) -> No
             assert_same_weights(load_file(str(twin)), load_file(str(file)), atol=1e-5)
 
 
+def tiny_base(folder: Path) -> Path:
+    """A saved random decoder: ZeRO-3 initialises a randomly built model its own way, loaded weights alike."""
+    from models.backbone import load_backbone
+    from tests.conftest import TINY_LLAMA
+
+    torch.manual_seed(0)
+    backbone, tokenizer = load_backbone(None, TINY_LLAMA)
+    backbone.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_two_cpu_processes_equals_one_process(tmp_path, stage: int) -> None:
+    pytest.importorskip("deepspeed")
+    base = tiny_base(tmp_path / "base")
+    common = common_args(tmp_path, "model.random_config=null", f"model.pretrained={base}")
+    assert_ok(one_process([*common, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"]))
+    zero = launch([*common, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'zero'}"],
+                  *config(f"zero{stage}_cpu.yaml"))  # fmt: skip
+    assert_ok(zero)
+    assert "2 processes, DEEPSPEED" in output(zero) and "26881 of 26881 parameters trainable" in output(zero)
+    tolerance = 1e-5 if stage == 2 else 1e-4  # ZeRO-3 gathers and reduces partitions in its own order
+    assert losses(tmp_path / "zero") == pytest.approx(losses(tmp_path / "one"), abs=tolerance)
+    one, two = (tmp_path / name / "checkpoints" / "step-000003" for name in ("one", "zero"))
+    assert_same_weights(exported_weights(two), exported_weights(one), atol=tolerance)
+
+
 @pytest.mark.multiprocess
 def test_fsdp_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path) -> None:
     common = [*common_args(tmp_path, "trainer.steps=40", "trainer.batch_size=4", "trainer.checkpoint_every=8",
