@@ -327,14 +327,17 @@ def measure_one(trainer: str, args: argparse.Namespace, data: Path, work: Path) 
 
 
 def matmul_peak_gflops(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of a ``size`` x ``size`` matmul in this process's threads.
-
-    A dtype this CPU only emulates (bf16 without AVX512-BF16/AMX runs ~300x slower than fp32) is
-    timed on one 512 x 512 product instead, which says as much in a fraction of a second.
-    """
+    """Best-of-``repeats`` GFLOP/s of a warm ``size`` x ``size`` matmul in this process's threads (the first
+    call of a dtype builds oneDNN's kernels, so one warm-up product comes first). Where bf16 is only
+    emulated (:func:`models.precision.native_bf16`) it is timed at 512 x 512, which says as much in a
+    fraction of a second."""
     import torch
 
+    from models.precision import native_bf16
+
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    if dtype_name == "bf16" and not native_bf16():
+        size, repeats = 512, 1
 
     def seconds(n: int) -> float:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -342,10 +345,7 @@ def matmul_peak_gflops(dtype_name: str, size: int = 2048, repeats: int = 5) -> f
         a @ b
         return time.perf_counter() - started
 
-    probe = seconds(512)
-    if probe * (size / 512) ** 3 > 5:
-        return 2 * 512**3 / probe / 1e9
-    seconds(size)  # warm-up
+    seconds(size)  # warm-up: kernel selection and first-touch memory
     return 2 * size**3 / min(seconds(size) for _ in range(repeats)) / 1e9
 
 
@@ -410,17 +410,23 @@ def throughput_table(args: argparse.Namespace, scratch: Path) -> None:
     """Every trainer once per round, in rotating order; the table of medians, spreads and ratios."""
     import torch
 
+    from models.precision import native_bf16
+
     print(f"# load average before: {load_average()}")
     peaks = {name: matmul_peak_gflops(name) for name in ("fp32", "bf16")}
     print(f"# matmul peak (2048x2048, {torch.get_num_threads()} threads): "
           f"fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s")  # fmt: skip
     trainers = list(args.trainers)
-    if peaks["bf16"] < peaks["fp32"] / 4 and not args.force_bf16:
+    if not native_bf16() and not args.force_bf16:
         skipped = [t for t in trainers if TRAINERS[t][1] == "bf16"]
         if skipped:
-            print(f"# skipped {skipped}: bf16 matmuls run {peaks['fp32'] / peaks['bf16']:.0f}x slower than fp32 "
-                  "here (no native bf16 on this CPU; --force-bf16 runs them anyway)")  # fmt: skip
+            print(f"# skipped {skipped}: this machine has no native bf16 (models.precision.native_bf16; bf16 "
+                  f"matmuls measured {peaks['fp32'] / peaks['bf16']:.0f}x slower than fp32); --force-bf16 runs "
+                  "them anyway")  # fmt: skip
         trainers = [t for t in trainers if t not in skipped]
+    if not trainers:
+        print("# nothing left to measure: every selected trainer was skipped (see above)")
+        return
     parameters = non_embedding_parameters(args.model)
     results: dict[str, list[dict[str, Any]]] = {t: [] for t in trainers}
     for round_ in range(args.rounds):

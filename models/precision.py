@@ -1,5 +1,6 @@
-"""Inference precision: the names ``fp32`` / ``bf16``, the autocast context each one means, and the weight cast
-an inference-only model can do once instead of autocast doing it on every call."""
+"""Precision: whether this machine computes bf16 natively (the one place that decides it, for training's
+``mixed_precision=auto`` and the benchmarks alike), the inference names ``fp32`` / ``bf16``, the autocast context
+each one means, and the weight cast an inference-only model can do once instead of autocast doing it on every call."""
 
 from __future__ import annotations
 
@@ -7,6 +8,27 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def native_bf16() -> bool:
+    """Whether the device this process computes on does bf16 matmuls in hardware: a CUDA GPU that supports
+    them, or a CPU with AVX512-BF16 or AMX. Decided from the hardware's flags, not from a timing (a cold
+    first bf16 matmul also builds oneDNN's kernels and can look 50x slow). Emulated bf16 is far slower
+    than fp32 (~100x for a matmul on an AVX2-only CPU)."""
+    from pathlib import Path
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(probe is None for probe in probes):  # a torch without the probes: read the CPU flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return any(probe() for probe in probes if probe is not None)
 
 
 def check_precision(precision: str) -> None:

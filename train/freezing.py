@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from models.backbone import transformer_blocks
+from train.settings import ConfigError
 
 
 def lora_in_top_layers(model_cfg: DictConfig, top_layers: int | None) -> dict[str, Any]:
@@ -41,7 +42,9 @@ def train_only_top_layers(backbones: list[nn.Module], top_layers: int) -> None:
     for backbone in backbones:
         blocks = transformer_blocks(backbone)
         if not 1 <= top_layers <= len(blocks):
-            raise ValueError(f"trainer.train_top_layers must be in [1, {len(blocks)}], got {top_layers}")
+            raise ConfigError(
+                f"trainer.train_top_layers must be in [1, {len(blocks)}] (the model's blocks), got {top_layers}"
+            )
         frozen = {id(p) for block in blocks[: len(blocks) - top_layers] for p in block.parameters()}
         frozen |= {id(p) for p in backbone.get_input_embeddings().parameters()}
         for parameter in backbone.parameters():

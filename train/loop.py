@@ -164,6 +164,9 @@ def trainer_state(run: Run, step: int, record: dict[str, Any]) -> dict[str, Any]
 def finish(run: Run, record: dict[str, Any], first: dict[str, float], last: dict[str, float]) -> dict[str, Any]:
     """Log the held-out change, end the trackers; the run's result."""
     accelerator = run.accelerator
+    peaks = peak_rss_per_process(accelerator)
+    if accelerator.is_main_process:
+        logger.info("peak RSS per process: %s MiB", " / ".join(f"{peak:.0f}" for peak in peaks))
     if accelerator.is_main_process and first and last:
         logger.info(
             "held-out %d pairs: loss %.4f -> %.4f, in-batch accuracy %.3f -> %.3f",
@@ -178,4 +181,13 @@ def finish(run: Run, record: dict[str, Any], first: dict[str, float], last: dict
         "validation": {"start": first, "end": last},
         "checkpoint": str(run.checkpoint) if run.checkpoint else None,
         "output_dir": str(run.output_dir),
+        "peak_rss_mib": peaks,
     }
+
+
+def peak_rss_per_process(accelerator: Any) -> list[float]:
+    """Every process's peak resident memory so far (MiB), in rank order."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return accelerator.gather(torch.tensor([peak], device=accelerator.device)).tolist()

@@ -7,8 +7,9 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from models.precision import native_bf16
 
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 
@@ -149,19 +150,3 @@ def _fits(value: Any, hint: Any) -> bool:
             return False
         return all(_fits(item, args[0]) for item in value) if args else True
     return True
-
-
-def native_bf16() -> bool:
-    """Whether the device training runs on computes bf16 matmuls in hardware."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if all(probe is None for probe in probes):  # a torch without the probes: read the CPU flags
-        try:
-            flags = Path("/proc/cpuinfo").read_text().split()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return any(probe() for probe in probes if probe is not None)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.precision import native_bf16
 from tests.conftest import REPO_ROOT
 from tests.train.test_negatives import write_with_negatives
 from tests.train.test_scale import ENV, assert_same_weights, losses
@@ -197,7 +198,7 @@ def test_two_machines_on_localhost_equal_one_machine_with_two_processes(tmp_path
     assert_same_weights(*(exported_weights(path) for path in final), atol=1e-6)
 
 
-@pytest.mark.skipif(not __import__("train.settings").settings.native_bf16(), reason="no native bf16 on this CPU")
+@pytest.mark.skipif(not native_bf16(), reason="no native bf16 on this CPU")
 @pytest.mark.multiprocess
 def test_fsdp_trains_in_bf16_close_to_one_bf16_process(tmp_path) -> None:
     common = common_args(tmp_path, "trainer.mixed_precision=bf16")
