@@ -19,6 +19,7 @@ order and the storage dtype, and any number of processes reads an entry any numb
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -70,11 +71,26 @@ class Encoder:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.shards = shards or Shards()
         self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.task: str | None = None
+
+    def for_task(self, task: str | None) -> Encoder:
+        """This encoder for a benchmark's task text, when the source takes one (a checkpoint trained with a
+        ``{task}`` instruction, ``takes_task``); otherwise, or for ``None``, this encoder unchanged. Embeddings
+        are cached per task."""
+        if task is None or not getattr(self.source, "takes_task", False):
+            return self
+        other = copy.copy(self)
+        other.task = task
+        return other
+
+    def _key(self, role: str, digest: str) -> str:
+        task = "" if self.task is None else f"|task={self.task}"
+        return hashlib.sha256(f"{self.source.fingerprint()}|{role}|{digest}{task}".encode()).hexdigest()
 
     def _path(self, role: str, unique_sorted: Sequence[str]) -> Path:
         assert self.cache_dir is not None
         digest = texts_digest(unique_sorted)
-        key = hashlib.sha256(f"{self.source.fingerprint()}|{role}|{digest}".encode()).hexdigest()
+        key = self._key(role, digest)
         return self.cache_dir / _slug(self.model_name) / f"{role}-{len(unique_sorted)}-{key[:24]}.npy"
 
     def encode(self, texts: Sequence[str], role: str, dataset: str) -> np.ndarray:
@@ -120,7 +136,8 @@ class Encoder:
     def _encode(self, texts: list[str], role: str) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        vectors = np.asarray(self.source.encode(texts, role), dtype=np.float32)
+        task = {} if self.task is None else {"task": self.task}
+        vectors = np.asarray(self.source.encode(texts, role, **task), dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise RuntimeError(f"source returned shape {vectors.shape} for {len(texts)} texts")
         return vectors
@@ -134,7 +151,7 @@ class Encoder:
         all parts. An entry of the cache is complete once its ``entry.json`` exists.
         """
         self.shards.check(len(corpus), dataset)
-        key = hashlib.sha256(f"{self.source.fingerprint()}|{role}|{corpus.digest}|{dtype}".encode()).hexdigest()
+        key = self._key(role, f"{corpus.digest}|{dtype}")
         if self.cache_dir is not None:
             folder = self.cache_dir / _slug(self.model_name) / f"{role}-{len(corpus)}-{key[:24]}"
         else:

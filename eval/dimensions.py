@@ -28,20 +28,25 @@ def truncate(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
 
 
 class MemoisedEncoder:
-    """Remembers each (texts, role, dataset) encode of an encoder in memory, for re-use across sizes."""
+    """Remembers each (texts, role, dataset, task) encode of an encoder in memory, for re-use across sizes."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, memo: dict | None = None, task: str | None = None) -> None:
         self.inner = inner
-        self._memo: dict[tuple[str, str, int, int], np.ndarray] = {}
+        self.task = task
+        self._memo: dict[tuple, np.ndarray] = {} if memo is None else memo
+
+    def for_task(self, task: str | None) -> MemoisedEncoder:
+        inner = self.inner.for_task(task)
+        return self if inner is self.inner else MemoisedEncoder(inner, self._memo, task)
 
     def encode(self, texts: Sequence[str], role: str, dataset: str) -> np.ndarray:
-        key = (role, dataset, len(texts), hash(tuple(texts)))
+        key = (role, dataset, self.task, len(texts), hash(tuple(texts)))
         if key not in self._memo:
             self._memo[key] = self.inner.encode(texts, role, dataset)
         return self._memo[key]
 
     def encode_corpus(self, corpus: Any, role: str, dataset: str, **options: Any) -> Any:
-        key = (role, dataset, len(corpus), corpus.digest)
+        key = (role, dataset, self.task, len(corpus), corpus.digest)
         if key not in self._memo:
             self._memo[key] = self.inner.encode_corpus(corpus, role, dataset, **options)
         return self._memo[key]
@@ -58,6 +63,9 @@ class PrefixEncoder:
     def __init__(self, inner: Any, dimensions: int | None) -> None:
         self.inner = inner
         self.dimensions = dimensions
+
+    def for_task(self, task: str | None) -> PrefixEncoder:
+        return PrefixEncoder(self.inner.for_task(task), self.dimensions)
 
     def encode(self, texts: Sequence[str], role: str, dataset: str) -> np.ndarray:
         return truncate(self.inner.encode(texts, role, dataset), self.dimensions)

@@ -45,7 +45,8 @@ class DenseSource(Protocol):
     def fingerprint(self) -> str: ...
 
     def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
-        """Return (N, D) float32 L2-normalised embeddings of ``texts`` for ``role``."""
+        """Return (N, D) float32 L2-normalised embeddings of ``texts`` for ``role``. A source whose
+        ``takes_task`` is true also takes ``task=`` (a benchmark's task text for its task instruction)."""
         ...
 
 
@@ -367,7 +368,13 @@ class CheckpointSource:
         metadata["adapted_from"] = (train_config.get("model") or {}).get("pretrained")
         return metadata
 
-    def encode(self, texts: Sequence[str], role: str) -> np.ndarray:
+    @property
+    def takes_task(self) -> bool:
+        """Whether a side of this checkpoint has a task instruction naming ``{task}`` (a benchmark may fill it)."""
+        return any("{task}" in (side.instruction or "") for side in self.model.sides.values())
+
+    def encode(self, texts: Sequence[str], role: str, task: str | None = None) -> np.ndarray:
+        """Embed ``texts`` with the side serving ``role``; ``task``: the benchmark's task text for its instruction."""
         import torch
 
         from models.precision import inference_autocast
@@ -382,6 +389,7 @@ class CheckpointSource:
                 max_length=self.max_length,
                 show_progress=self.show_progress,
                 max_batch_tokens=resolve_max_batch_tokens(self.max_batch_tokens, device),
+                task=task,
             )
         return _normalise(vectors.float().cpu().numpy())
 

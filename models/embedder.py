@@ -149,6 +149,8 @@ class DecoderEmbedder(nn.Module):
         lora: Mapping[str, Any] | LoraSettings | None = None,
         pooling: str = "last_token",
         bidirectional: bool = False,
+        instructions: Mapping[str, str | None] | None = None,
+        task: str | None = None,
     ) -> DecoderEmbedder:
         """Load a pretrained decoder (or build a random one) and add the tower's delimiters.
 
@@ -160,12 +162,14 @@ class DecoderEmbedder(nn.Module):
         ``seed`` fixes the random initialisation of ``random_config`` backbones and projections.
         ``lora`` (``model.lora``; ``r: 0`` is off) freezes the backbone and adds LoRA adapters, the
         base's identity and weight hash recorded for the checkpoints (:mod:`models.lora`).
-        ``pooling`` and ``bidirectional``: see the class.
+        ``pooling`` and ``bidirectional``: see the class. ``instructions`` (side -> template ending in
+        ``{text}``, ``tower.instructions``) and ``task`` (its ``{task}`` text, ``tower.task``) put a task
+        instruction before every input of those sides (:class:`models.sides.Side`); none by default.
         """
         settings = LoraSettings.from_config(lora)
         if seed is not None:
             torch.manual_seed(seed)
-        parsed = parse_sides(sides)
+        parsed = parse_sides(sides, instructions, task)
         backbone, tokenizer = load_backbone(
             pretrained, random_config, dtype=dtype, attn_implementation=attn_implementation
         )
@@ -315,8 +319,12 @@ class DecoderEmbedder(nn.Module):
         max_length: int = 512,
         show_progress: bool = False,
         max_batch_tokens: int | None = None,
+        task: str | None = None,
     ) -> torch.Tensor:
         """Embed texts for inference, in batches sorted by token count; rows come back in input order.
+
+        A side with a task instruction puts it before every text, its ``{task}`` filled with ``task``
+        (a benchmark's own task text) or, when ``None``, the task the model was trained with.
 
         Texts are tokenized once, sorted by their delimited token count (longest first) and cut
         into batches of at most ``batch_size`` rows and, when ``max_batch_tokens`` is set, at most
@@ -338,7 +346,7 @@ class DecoderEmbedder(nn.Module):
         was_training = self.training
         self.eval()
         open_id, close_id = delimiter_ids(self.tokenizer, self.sides[side])
-        bodies = body_ids(self.tokenizer, texts, max_length)
+        bodies = body_ids(self.tokenizer, texts, max_length, self.sides[side].prompt(task))
         rows = [delimit_ids(body, open_id, close_id, max_length) for body in bodies]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         batches = length_batches(order, [len(row) for row in rows], batch_size, max_batch_tokens)

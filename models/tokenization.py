@@ -91,9 +91,17 @@ def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def body_ids(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int | None = None,
+    prompts: str | Sequence[str] = "",
 ) -> list[list[int]]:
-    """Token ids of each text, normalised (:func:`normalize_text`), without special tokens.
+    """Token ids of each text, its side's prompt before it, normalised (:func:`normalize_text`), without
+    special tokens.
+
+    The prompt (a side's task instruction, :meth:`models.sides.Side.prompt`) is joined to the text
+    before normalising and tokenizing, as sentence-transformers joins its prompts, so the export's
+    ``prompts`` give every stack the same ids; the prompt's tokens count against ``max_length``.
 
     Special-token text in a text is tokenized as text. The tokenizer's own truncation is not used:
     it would stay set on a fast tokenizer and be saved with it (a checkpoint's ``tokenizer.json``
@@ -105,9 +113,9 @@ def body_ids(
             (the server checks request limits against the real length).
     """
     limit = None if max_length is None else body_limit(max_length)
-    encoded = tokenizer(
-        [normalize_text(text) for text in texts], add_special_tokens=False, split_special_tokens=SPLIT_SPECIAL_TOKENS
-    )
+    prompts = [prompts] * len(texts) if isinstance(prompts, str) else list(prompts)
+    joined = [normalize_text(prompt + text) for prompt, text in zip(prompts, texts, strict=True)]
+    encoded = tokenizer(joined, add_special_tokens=False, split_special_tokens=SPLIT_SPECIAL_TOKENS)
     return [list(ids[:limit]) for ids in encoded["input_ids"]]
 
 
@@ -143,7 +151,7 @@ def encode_delimited(
     max_length: int,
     padding_side: str = "right",
 ) -> dict[str, torch.Tensor]:
-    """Tokenize ``open + text + close`` for each text and pad to the longest row.
+    """Tokenize ``open + prompt + text + close`` for each text and pad to the longest row.
 
     :func:`body_ids`, then :func:`delimit_ids` per row, then :func:`pad_rows`: the text is cut to
     ``max_length - 2`` tokens before the delimiters are added, so truncation never removes the
@@ -159,7 +167,8 @@ def encode_delimited(
     if len(sides) != len(texts):
         raise ValueError(f"got {len(sides)} sides for {len(texts)} texts")
     delimiters = {s.name: delimiter_ids(tokenizer, s) for s in {s.name: s for s in sides}.values()}
-    bodies = body_ids(tokenizer, texts, max_length)
+    prompts = {s.name: s.prompt() for s in sides}
+    bodies = body_ids(tokenizer, texts, max_length, [prompts[s.name] for s in sides])
     rows = [delimit_ids(body, *delimiters[s.name], max_length) for body, s in zip(bodies, sides, strict=True)]
     return pad_rows(rows, pad_id_of(tokenizer), padding_side)
 

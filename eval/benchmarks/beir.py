@@ -71,6 +71,8 @@ class BeirBenchmark:
     max_documents: search a fixed sample of this many documents: the sampled queries' relevant
         ones plus random others (``None``: all). Sampled datasets are named ``NAME-qQ-dD``.
     sample_seed: the seed of both samples.
+    task: the task text a checkpoint's task instruction takes (one for every dataset, or dataset -> text);
+        ``None``: the checkpoint's own.
     """
 
     name = "beir"
@@ -97,6 +99,7 @@ class BeirBenchmark:
         max_queries: int | None = None,
         max_documents: int | None = None,
         sample_seed: int = 0,
+        task: str | dict[str, str] | None = None,
     ) -> None:
         if not datasets:
             raise ValueError("benchmark.datasets is empty; name at least one BEIR dataset or folder")
@@ -106,6 +109,7 @@ class BeirBenchmark:
         self.data_root = resolve_data_path(data_root)
         self.datasets = list(datasets)
         self.split = split
+        self.task = task
         self.top_k = top_k
         self.ignore_identical_ids = ignore_identical_ids
         self.metrics = list(metrics)
@@ -158,7 +162,8 @@ class BeirBenchmark:
         if context.lexical is not None:
             corpus = {doc_id: data.document_text(doc_id) for doc_id in data.corpus}
             return context.lexical.search(corpus, data.queries, self.top_k, self.ignore_identical_ids)
-        encoder = context.require_dense(self.name)
+        task = self.task.get(data.name.split("-q")[0]) if isinstance(self.task, dict) else self.task
+        encoder = context.require_dense(self.name).for_task(task)
         corpus = data.corpus_index
         if corpus is None:
             raise ValueError(f"{data.name}: load the dataset with corpus=False for dense retrieval (streamed corpus)")

@@ -91,6 +91,7 @@ class CodeSearchNetBenchmark:
         code_field: str = "code_tokens",
         shuffle_seed: int | None = 0,
         max_groups: int | None = None,
+        task: str | None = None,
     ) -> None:
         unknown = [language for language in languages if language not in LANGUAGES]
         if unknown:
@@ -107,6 +108,7 @@ class CodeSearchNetBenchmark:
         self.code_field = code_field
         self.shuffle_seed = shuffle_seed
         self.max_groups = max_groups
+        self.task = task
 
     def files(self, language: str) -> list[Path]:
         root = self.data_root
@@ -137,7 +139,7 @@ class CodeSearchNetBenchmark:
         return codebert_order(count, self.shuffle_seed)
 
     def run(self, context: Context) -> BenchmarkOutput:
-        encoder = context.require_dense(self.name)
+        encoder = context.require_dense(self.name).for_task(self.task)
         scores: list[Score] = []
         files = {}
         details = {}

@@ -105,6 +105,7 @@ class SentEvalBenchmark:
         kfold_grid: Sequence[float] | None = None,
         max_iter: int = 1000,
         n_jobs: int = 1,
+        task: str | None = None,
     ) -> None:
         unknown = [t for t in tasks if t not in TASKS]
         if unknown:
@@ -115,6 +116,7 @@ class SentEvalBenchmark:
             raise ValueError(f"kfold={kfold} must be >= 2")
         self.data_root = resolve_data_path(data_root)
         self.tasks = list(tasks)
+        self.task = task  # the task text a checkpoint's task instruction takes (SentEval's tasks are its datasets)
         self.classifier = classifier
         self.kfold = kfold
         self.seed = seed
@@ -230,7 +232,8 @@ class SentEvalBenchmark:
 
     # ----------------------------------------------------------------- tasks
     def _encode(self, context: Context, texts: list[str], task: str) -> np.ndarray:
-        vectors = context.require_dense(self.name).encode(texts, "symmetric", f"senteval/{task}")
+        encoder = context.require_dense(self.name).for_task(self.task)
+        vectors = encoder.encode(texts, "symmetric", f"senteval/{task}")
         return vectors.astype(np.float64)  # sklearn's solvers are tuned for float64
 
     def run_task(self, task: str, context: Context) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -30,7 +30,10 @@ class STSBenchmark:
 
     name = "sts"
 
-    def __init__(self, data_root: str, datasets: list[str] | tuple[str, ...] = DATASETS, split: str = "test") -> None:
+    def __init__(
+        self, data_root: str, datasets: list[str] | tuple[str, ...] = DATASETS, split: str = "test",
+        task: str | None = None,
+    ) -> None:  # fmt: skip
         unknown = [d for d in datasets if d not in DATASETS]
         if unknown:
             raise ValueError(f"unknown STS datasets {unknown}; expected some of {DATASETS}")
@@ -41,6 +44,7 @@ class STSBenchmark:
         self.data_root = resolve_data_path(data_root)
         self.datasets = list(datasets)
         self.split = split
+        self.task = task
 
     def load(self, dataset: str) -> tuple[list[tuple[str, str, float]], dict[str, str]]:
         """The (a, b, gold) triples of ``dataset`` and the files they came from (label -> path)."""
@@ -55,7 +59,7 @@ class STSBenchmark:
         return triples, files
 
     def run(self, context: Context) -> BenchmarkOutput:
-        encoder = context.require_dense(self.name)
+        encoder = context.require_dense(self.name).for_task(self.task)
         scores: list[Score] = []
         files = {}
         details = {}

@@ -126,3 +126,55 @@ def test_bad_options_are_refused_with_the_fix() -> None:
     batch = model.tokenize(TEXTS, "doc", max_length=24)
     with pytest.raises(ValueError, match="attn_implementation=sdpa"):
         model(batch["input_ids"], batch["attention_mask"], "doc", pack_tokens=30)
+
+
+INSTRUCTION = "Instruct: {task}\nQuery: {text}"
+
+
+def test_a_side_instruction_is_its_texts_prefix_and_the_other_side_is_untouched() -> None:
+    plain = build()
+    instructed = build(instructions={"query": INSTRUCTION}, task="find the answer")
+    with torch.no_grad():
+        by_hand = plain.encode(["Instruct: find the answer\nQuery: what is a cat"], "query")
+        torch.testing.assert_close(instructed.encode(["what is a cat"], "query"), by_hand, atol=0, rtol=0)
+        torch.testing.assert_close(
+            instructed.encode(["what is a cat"], "query", task="other task"),
+            plain.encode(["Instruct: other task\nQuery: what is a cat"], "query"), atol=0, rtol=0,
+        )  # fmt: skip
+        torch.testing.assert_close(instructed.encode(TEXTS, "doc"), plain.encode(TEXTS, "doc"), atol=0, rtol=0)
+    rows = instructed.tokenize(["what is a cat"], "query", max_length=64)  # the training path: the same ids
+    by_hand_rows = plain.tokenize(["Instruct: find the answer\nQuery: what is a cat"], "query", 64)
+    assert rows["input_ids"].tolist() == by_hand_rows["input_ids"].tolist()
+
+
+def test_the_prompt_and_text_are_normalised_together_as_sentence_transformers_joins_them() -> None:
+    plain = build()
+    instructed = build(instructions={"query": " Q: {text}"})
+    ids = instructed.tokenize(["  cat \n"], "query", max_length=64)["input_ids"]
+    assert ids.tolist() == plain.tokenize(["Q:   cat"], "query", max_length=64)["input_ids"].tolist()
+
+
+def test_instructions_survive_save_and_load(tmp_path) -> None:
+    model = build(instructions={"query": INSTRUCTION}, task="find the answer")
+    model.save_pretrained(tmp_path)
+    loaded = DecoderEmbedder.from_pretrained(tmp_path)
+    assert loaded.sides["query"].prompt() == "Instruct: find the answer\nQuery: " and loaded.sides["doc"].prompt() == ""
+    torch.testing.assert_close(loaded.encode(TEXTS, "query"), model.encode(TEXTS, "query"), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("instructions", "task", "message"),
+    [({"query": "Query: {text} please"}, None, "ending in {text}"),
+     ({"answer": "A: {text}"}, None, "does not have"),
+     ({"query": "{task} {task} {text}"}, "t", "more than once")],
+)  # fmt: skip
+def test_bad_instructions_are_refused_naming_the_side(instructions, task, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        build(instructions=instructions, task=task)
+
+
+def test_an_instruction_naming_a_task_needs_one() -> None:
+    model = build(instructions={"query": INSTRUCTION})
+    with pytest.raises(ValueError, match="no task text"):
+        model.encode(["x"], "query")
+    assert model.encode(["x"], "query", task="given here").shape == (1, model.embedding_dim)

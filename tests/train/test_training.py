@@ -256,3 +256,28 @@ def test_matryoshka_training_makes_the_trained_prefix_better_than_plain_training
         xs, ys = [p.x for p in held_out], [p.y for p in held_out]
         accuracy[name] = validation_metrics(model, xs, ys, ("text", "text"), 48, 32, (4,))["val_accuracy@4"]
     assert accuracy["matryoshka"] > accuracy["plain"] + 0.05, accuracy
+
+
+def test_the_embedding_options_train_packed_with_gradcache_and_reload_as_trained(tmp_path) -> None:
+    from models import DecoderEmbedder
+
+    options = (
+        "tower=search",
+        "model.pooling=weighted_mean",
+        "model.bidirectional=true",
+        "trainer.packing=true",
+        "trainer.gradcache_chunk=5",
+        "trainer.lr=3e-3",
+        "tower.task=find the passage",
+        "+tower.instructions.query='Instruct: {task}\nQuery: {text}'",
+    )  # a real newline; YAML's "\n" is one too
+    cfg = compose_train_config(tiny_overrides(tmp_path, pairs=16, steps=12, extra=options), tmp_path)
+    result = train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] < records[0]["loss"]
+    saved = json.loads((Path(result["checkpoint"]) / "embedder_config.json").read_text())
+    assert (saved["pooling"], saved["bidirectional"]) == ("weighted_mean", True)
+    assert saved["sides"]["query"]["instruction"] == "Instruct: {task}\nQuery: {text}"
+    assert saved["sides"]["query"]["task"] == "find the passage" and "instruction" not in saved["sides"]["doc"]
+    loaded = DecoderEmbedder.from_pretrained(tmp_path / "run")
+    assert loaded.sides["query"].prompt() == "Instruct: find the passage\nQuery: "
