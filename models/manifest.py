@@ -7,9 +7,8 @@ or, when ``hashes`` is set, with other bytes). Sizes are checked in one ``stat``
 listing a run's checkpoints stays cheap; hashes cost a read of the folder (~1 s per GB here) and
 are checked on the checkpoint a run resumes from.
 
-Folders written before manifests existed are judged by the files they must hold
-(:func:`legacy_damage`): an embedder's config, heads, tokenizer and weights, and for a training
-checkpoint its trainer state and training-state weights.
+Folders written before manifests existed are judged by the files an embedder must hold
+(:func:`legacy_damage`): its config, heads, tokenizer and every backbone's (or adapter's) weights.
 """
 
 from __future__ import annotations
@@ -109,10 +108,6 @@ def legacy_damage(folder: Path) -> str | None:
         return f"{config_path} is unreadable ({error})"
     stem = "adapter" if "lora" in config else "backbone"
     names = [stem] if config.get("shared_weights", True) else [f"{stem}-{n}" for n in config.get("sides", {})]
-    if (folder / "training_state").exists() or (folder / "trainer_state.json").exists():
-        if not (folder / "trainer_state.json").is_file():
-            return f"{folder / 'trainer_state.json'} is missing"
-        names.append("training_state")
     for name in names:
         if not any((folder / name).glob("*.safetensors")):
             return f"{folder / name} holds no weights (*.safetensors)"

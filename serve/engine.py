@@ -74,6 +74,8 @@ class EmbeddingEngine:
         self.embedding_dim = model.embedding_dim
         self.matryoshka_dims = model.matryoshka_dims  # sizes the model was trained for (None: full only)
         self._delimiters = {side: delimiter_ids(self.tokenizer, model.sides[side]) for side in model.side_names}
+        # each side's task instruction, put before its text inputs (token arrays are taken as the exact input)
+        self.prompts = {side: model.sides[side].prompt() for side in model.side_names}
         self._pad_id = pad_id_of(self.tokenizer)
         # A fast tokenizer's Rust state is borrowed mutably on every call, so two threads may not share
         # one ("Already borrowed"); each thread tokenizes with its own copy instead of waiting on a lock.
@@ -120,9 +122,14 @@ class EmbeddingEngine:
         return self.model_names.get(model_name)
 
     def tokenize(
-        self, texts: Sequence[str], stop_after_tokens: int | None = None, stop_after_item_tokens: int | None = None
+        self,
+        texts: Sequence[str],
+        stop_after_tokens: int | None = None,
+        stop_after_item_tokens: int | None = None,
+        side: str | None = None,
     ) -> list[list[int]]:
-        """Body token ids of each text, untruncated (so request limits see the real length).
+        """Body token ids of each text (``side``'s task instruction before it), untruncated (so request
+        limits see the real length).
 
         Texts are tokenized in chunks of at most :data:`TOKENIZE_CHUNK` texts and
         :data:`TOKENIZE_CHUNK_CHARS` characters (a longer text is a chunk of its own). No further chunk
@@ -137,7 +144,7 @@ class EmbeddingEngine:
         bodies: list[list[int]] = []
         total = 0
         for chunk in character_chunks(texts, TOKENIZE_CHUNK, TOKENIZE_CHUNK_CHARS):
-            ids = body_ids(tokenizer, chunk)
+            ids = body_ids(tokenizer, chunk, prompts=self.prompts.get(side, "") if side is not None else "")
             bodies += ids
             total += sum(len(body) for body in ids)
             if stop_after_tokens is not None and total > stop_after_tokens:

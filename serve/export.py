@@ -14,7 +14,11 @@ Each side gets its own sentence-transformers folder because the embedding is the
 at the side's *closing* delimiter: sentence-transformers prompts can only prepend text, so the
 ``open text close`` wrapping is done by the folder's tokenizer post-processor, which differs per
 side (and a tower with separate weights needs separate folders anyway). The modules are
-Transformer -> Pooling(lasttoken) -> [Dense, when the model has a projection] -> Normalize.
+Transformer -> Pooling (the checkpoint's: lasttoken, mean or weightedmean) -> [Dense, when the
+model has a projection] -> Normalize; a side with a task instruction gets it as the folder's
+default prompt. ``export.json``'s ``stacks`` says which serving stacks reproduce the export
+(:mod:`serve.stacks`); a bidirectional checkpoint gets no sentence-transformers folders at all,
+since no such stack would run it bidirectionally.
 
 CLI::
 
@@ -58,31 +62,23 @@ def export(
     if max_seq_length < 3:
         raise ValueError(f"max_seq_length must be >= 3 (two delimiters and one token), got {max_seq_length}")
     from models import DecoderEmbedder
-    from models.embedder import CONFIG_NAME, resolve_checkpoint_dir
-    from models.tokenization import INPUT_NORMALIZATION
+    from models.embedder import resolve_checkpoint_dir
     from serve.model_card import AUDIT_FILE, CARD, copy_audit, model_card
+    from serve.stacks import refused
 
     out = Path(out)
     source = resolve_checkpoint_dir(checkpoint)
-    lora = json.loads((source / CONFIG_NAME).read_text()).get("lora")
     model = DecoderEmbedder.from_pretrained(source).eval()  # LoRA adapters merged into the weights
+    info = export_info(model, source, max_seq_length)
+    if model.bidirectional and (onnx or onnx_int8):
+        raise ValueError(f"{source}: ONNX export of a bidirectional model (model.bidirectional) is not supported; "
+                         "serve the export with python -m serve (torch backend)")  # fmt: skip
     model.save_pretrained(out)
     folders = {}
-    for side in model.side_names:
+    for side in model.side_names if refused(info["stacks"], "sentence-transformers") is None else ():
         folder = out / ST_DIR / side
         write_sentence_transformer(model, side, folder, max_seq_length)
-        folders[side] = str(folder.relative_to(out))
-    info: dict = {
-        "sides": folders,
-        "embedding_dim": model.embedding_dim,
-        "matryoshka_dims": model.matryoshka_dims,
-        "max_seq_length": max_seq_length,
-        "pooling": "lasttoken",
-        "normalize": True,
-        "input_normalization": INPUT_NORMALIZATION,  # what every reader does to a text (tokenizer files say it too)
-        # --verify also compares against the unmerged adapter model when the source was a LoRA checkpoint
-        "source": {"checkpoint": str(source.resolve()), "lora": lora},
-    }
+        folders[side] = info["sides"][side] = str(folder.relative_to(out))
     audit = copy_audit(source, [out, *(out / folder for folder in folders.values())])
     info["audit"] = AUDIT_FILE if audit is not None else None
     for side, folder in folders.items():
@@ -99,6 +95,32 @@ def export(
     return info
 
 
+def export_info(model: DecoderEmbedder, source: Path, max_seq_length: int) -> dict:
+    """``export.json`` before the folders are written: sizes, pooling, prompts, the stacks that reproduce it."""
+    from models.embedder import CONFIG_NAME
+    from models.tokenization import INPUT_NORMALIZATION
+    from serve.stacks import ST_POOLING, stack_support
+
+    prompts = {side: model.sides[side].prompt() for side in model.side_names}
+    return {
+        "sides": {side: None for side in model.side_names},  # side -> its sentence-transformers folder, once written
+        "embedding_dim": model.embedding_dim,
+        "matryoshka_dims": model.matryoshka_dims,
+        "max_seq_length": max_seq_length,
+        "pooling": ST_POOLING[model.pooling],
+        "bidirectional": model.bidirectional,
+        "prompts": prompts,  # each side's task instruction, before every text (sentence-transformers: default prompt)
+        "stacks": stack_support(model.pooling, model.bidirectional, prompts),  # who reproduces it (serve/stacks.py)
+        "normalize": True,
+        "input_normalization": INPUT_NORMALIZATION,  # what every reader does to a text (tokenizer files say it too)
+        # --verify also compares against the unmerged adapter model when the source was a LoRA checkpoint
+        "source": {
+            "checkpoint": str(source.resolve()),
+            "lora": json.loads((source / CONFIG_NAME).read_text()).get("lora"),
+        },
+    }
+
+
 def write_sentence_transformer(model: DecoderEmbedder, side: str, folder: Path, max_seq_length: int) -> None:
     """Write one side of ``model`` as a sentence-transformers folder whose tokenizer adds the delimiters."""
     import torch
@@ -108,6 +130,7 @@ def write_sentence_transformer(model: DecoderEmbedder, side: str, folder: Path, 
     from transformers import AutoTokenizer
 
     from serve.portable import make_portable
+    from serve.stacks import ST_POOLING
 
     spec = model.sides[side]
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,14 +154,17 @@ def write_sentence_transformer(model: DecoderEmbedder, side: str, folder: Path, 
         tokenizer.save_pretrained(hf_dir)
 
         transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length)
-        modules: list[torch.nn.Module] = [transformer, Pooling(model.hidden_size, pooling_mode="lasttoken")]
+        pooling = Pooling(model.hidden_size, pooling_mode=ST_POOLING[model.pooling])
+        modules: list[torch.nn.Module] = [transformer, pooling]
         if model.projection is not None:
             dense = Dense(model.hidden_size, model.embedding_dim, bias=False, activation_function=torch.nn.Identity())
             with torch.no_grad():
                 dense.linear.weight.copy_(model.projection.weight)
             modules.append(dense)
         modules.append(Normalize())
-        SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+        prompt = spec.prompt()  # the side's task instruction: applied to every text by default, as we do
+        prompts = {"prompts": {side: prompt}, "default_prompt_name": side} if prompt else {}
+        SentenceTransformer(modules=modules, device="cpu", **prompts).save(str(folder))
     make_portable(folder, max_seq_length, model.embedding_dim, model.matryoshka_dims)
 
 

@@ -33,10 +33,10 @@ def release_heap() -> None:
         trim(0)
 
 
-def tokenize_within_limits(served: EmbeddingEngine, texts: list[str]) -> list[list[int]]:
+def tokenize_within_limits(served: EmbeddingEngine, texts: list[str], side: str | None = None) -> list[list[int]]:
     """:meth:`EmbeddingEngine.tokenize` stopping at the limits; the heap trimmed after a large request."""
     try:
-        return served.tokenize(texts, MAX_TOKENS_PER_REQUEST, MAX_TOKENS_PER_ITEM)
+        return served.tokenize(texts, MAX_TOKENS_PER_REQUEST, MAX_TOKENS_PER_ITEM, side=side)
     finally:
         if sum(map(len, texts)) > TRIM_AFTER_CHARS:
             release_heap()
@@ -104,8 +104,9 @@ def check_token_counts(bodies: Sequence[Sequence[int]], inputs: int) -> None:
         )
 
 
-async def token_bodies(value: str | list, served: EmbeddingEngine) -> list[list[int]]:
-    """The request's inputs as body token ids, checked against the limits in :mod:`serve.schemas`."""
+async def token_bodies(value: str | list, served: EmbeddingEngine, side: str | None = None) -> list[list[int]]:
+    """The request's inputs as body token ids, checked against the limits in :mod:`serve.schemas`; texts get
+    ``side``'s task instruction before them, token arrays are the model's exact input."""
     if isinstance(value, str):
         value = [value]
     if not value:
@@ -119,7 +120,7 @@ async def token_bodies(value: str | list, served: EmbeddingEngine) -> list[list[
     if isinstance(value[0], str):
         check_characters(value, served.max_chars_per_token)
         try:
-            bodies = await asyncio.to_thread(tokenize_within_limits, served, value)
+            bodies = await asyncio.to_thread(tokenize_within_limits, served, value, side)
         except (TypeError, ValueError) as exc:  # a fast tokenizer's TypeError, a slow one's UnicodeError
             logger.warning("the tokenizer refused a request's input: %s", str(exc)[:200])
             raise OpenAIError(

@@ -69,53 +69,8 @@ def model_card(
 ) -> str:
     """The Markdown card of one side's sentence-transformers folder."""
     config, sets = _training(checkpoint)
-    model_config = (config or {}).get("model") or {}
-    trainer = (config or {}).get("trainer") or {}
-    base = model_config.get("pretrained") or "unknown"
-    name = (config or {}).get("name") or checkpoint.parent.parent.name or checkpoint.name
-    header = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
-              "tags: [sentence-transformers, feature-extraction, cpt-embeddings]"]  # fmt: skip
-    if "/" in str(base) and not Path(str(base)).expanduser().exists():
-        header.append(f"base_model: {base}")
-    header.append("---")
-    matryoshka = info.get("matryoshka_dims")
-    sizes = ", ".join(map(str, matryoshka)) if matryoshka else "none (trained at full size only)"
-    lora = info["source"].get("lora")
-    tuning = f"LoRA {json.dumps(lora)}" if lora else "all weights or the top blocks (see the training config)"
-    lines = [
-        *header,
-        "",
-        f"# {name}: the `{side}` side",
-        "",
-        "A contrastively trained embedding model (cpt-text recipe) exported by `python -m serve.export`. "
-        f"The tokenizer wraps every input as `{open_token} text {close_token}`; the embedding is the last "
-        f"layer's state at `{close_token}`, L2-normalised.",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| base model | `{base}` |",
-        f"| side | `{side}` (of {', '.join(f'`{s}`' for s in info['sides'])}) |",
-        f"| embedding size | {info['embedding_dim']} |",
-        f"| Matryoshka sizes | {sizes} |",
-        f"| max sequence length | {info['max_seq_length']} tokens (longer inputs cut, closing delimiter kept) |",
-        "| input normalisation | outer whitespace stripped; special-token text in an input is plain text |",
-        "| pooling | last token (the closing delimiter), normalised |",
-        f"| training steps | {trainer.get('steps', 'unknown')} x {trainer.get('batch_size', '?')} pairs |",
-        f"| fine-tuning | {tuning} |",
-        f"| source checkpoint | `{info['source']['checkpoint']}` |",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from sentence_transformers import SentenceTransformer",
-        "",
-        'model = SentenceTransformer("PATH/TO/THIS/FOLDER")',
-        'embeddings = model.encode(["first text", "second text"])  # delimiters are added by the tokenizer',
-        "```",
-        "",
-        "## Training data",
-        "",
-    ]
+    lines = _summary(side, info, checkpoint, config, open_token, close_token)
+    lines += ["## Training data", ""]
     if not sets:
         lines.append("Unknown: the checkpoint holds no `train_config.yaml`.")
     else:
@@ -136,3 +91,69 @@ def model_card(
     else:
         lines += [markdown_table(audit), "", f"Full report: `{AUDIT_FILE}` beside this card."]
     return "\n".join(lines) + "\n"
+
+
+POOLING_WORDS = {
+    "lasttoken": "the last token (the closing delimiter)",
+    "mean": "the mean over every token, delimiters included",
+    "weightedmean": "a position-weighted mean (the i-th token weighs i)",
+}
+
+
+def _summary(
+    side: str,
+    info: Mapping[str, Any],
+    checkpoint: Path,
+    config: dict[str, Any] | None,
+    open_token: str,
+    close_token: str,
+) -> list[str]:
+    """The card's YAML header, title, facts table and usage."""
+    model_config = (config or {}).get("model") or {}
+    trainer = (config or {}).get("trainer") or {}
+    base = model_config.get("pretrained") or "unknown"
+    name = (config or {}).get("name") or checkpoint.parent.parent.name or checkpoint.name
+    prompt = (info.get("prompts") or {}).get(side)
+    instruction = f"`{prompt!r}` before every text (the folder's default prompt)" if prompt else "none"
+    header = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
+              "tags: [sentence-transformers, feature-extraction, cpt-embeddings]"]  # fmt: skip
+    if "/" in str(base) and not Path(str(base)).expanduser().exists():
+        header.append(f"base_model: {base}")
+    header.append("---")
+    matryoshka = info.get("matryoshka_dims")
+    sizes = ", ".join(map(str, matryoshka)) if matryoshka else "none (trained at full size only)"
+    lora = info["source"].get("lora")
+    tuning = f"LoRA {json.dumps(lora)}" if lora else "all weights or the top blocks (see the training config)"
+    return [
+        *header,
+        "",
+        f"# {name}: the `{side}` side",
+        "",
+        "A contrastively trained embedding model (cpt-text recipe) exported by `python -m serve.export`. "
+        f"The tokenizer wraps every input as `{open_token} text {close_token}`; the embedding pools the last "
+        f"layer's states ({POOLING_WORDS.get(info.get('pooling', 'lasttoken'), info.get('pooling'))}), L2-normalised.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{base}` |",
+        f"| side | `{side}` (of {', '.join(f'`{s}`' for s in info['sides'])}) |",
+        f"| embedding size | {info['embedding_dim']} |",
+        f"| Matryoshka sizes | {sizes} |",
+        f"| max sequence length | {info['max_seq_length']} tokens (longer inputs cut, closing delimiter kept) |",
+        "| input normalisation | outer whitespace stripped; special-token text in an input is plain text |",
+        f"| pooling | {POOLING_WORDS.get(info.get('pooling', 'lasttoken'), info.get('pooling'))}, normalised |",
+        f"| task instruction | {instruction} |",
+        f"| training steps | {trainer.get('steps', 'unknown')} x {trainer.get('batch_size', '?')} pairs |",
+        f"| fine-tuning | {tuning} |",
+        f"| source checkpoint | `{info['source']['checkpoint']}` |",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        'model = SentenceTransformer("PATH/TO/THIS/FOLDER")',
+        'embeddings = model.encode(["first text", "second text"])  # delimiters are added by the tokenizer',
+        "```",
+        "",
+    ]

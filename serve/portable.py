@@ -50,6 +50,11 @@ CLASSIC_MODULE_TYPES = {
     "Normalize": "sentence_transformers.models.Normalize",
 }
 POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+# sentence-transformers 6's pooling_mode names -> the classic pooling_mode_* key each one is
+CLASSIC_POOLING = {
+    "cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "weightedmean": "weightedmean_tokens",
+    **{name: name for name in POOLING_MODES},
+}  # fmt: skip
 # tokenizer_config.json keys transformers 5 writes that only describe how it loaded the files
 TOKENIZER_RUNTIME_KEYS = ("backend", "is_local", "local_files_only")
 # tokenizer_config.json keys a call's truncation leaves behind (transformers 5 saves the last call's settings)
@@ -139,9 +144,9 @@ def make_portable(folder: Path, max_seq_length: int, embedding_dim: int, matryos
 def _classic_pooling(pooling: dict[str, Any]) -> dict[str, Any]:
     if "word_embedding_dimension" in pooling:
         return pooling
-    mode = pooling["pooling_mode"]
-    if mode not in POOLING_MODES:
-        raise ValueError(f"pooling mode {mode!r} has no classic pooling_mode_* key")
+    mode = CLASSIC_POOLING.get(pooling["pooling_mode"])
+    if mode is None:
+        raise ValueError(f"pooling mode {pooling['pooling_mode']!r} has no classic pooling_mode_* key")
     classic: dict[str, Any] = {"word_embedding_dimension": pooling["embedding_dimension"]}
     classic.update({f"pooling_mode_{name}": name == mode for name in POOLING_MODES})
     classic["include_prompt"] = pooling.get("include_prompt", True)

@@ -117,7 +117,7 @@ async def embed(
     request: Request, served: EmbeddingEngine, batcher: MicroBatcher, side: str, value: str | list
 ) -> tuple[list[Row], list[torch.Tensor]]:
     """Tokenize the request's inputs within the limits and wait for their rows' vectors."""
-    bodies = await token_bodies(value, served)
+    bodies = await token_bodies(value, served, side)
     if batcher.queued + len(bodies) > request.app.state.settings.max_queued_rows:
         raise OpenAIError(429, "the server is overloaded; retry later", type=OVERLOADED, code="overloaded")
     rows = [served.row(side, ids) for ids in bodies]

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.probes import probes_for
+from serve.stacks import refused
 
 DEFAULT_TOLERANCE = 1e-4
 Encoder = Callable[[str], np.ndarray]  # side -> (N, D) vectors of the probes
@@ -94,9 +95,10 @@ def verify(
     info = json.loads((export_dir / "export.json").read_text())
     model = DecoderEmbedder.from_pretrained(export_dir).eval()
     reference = {side: model.encode(texts, side, max_length=info["max_seq_length"]).numpy() for side in info["sides"]}
+    support = info.get("stacks") or {}
     rows = [
-        compare_runtime(name, side, encode, reference[side])
-        for name, encode in _local_runtimes(export_dir, info, texts)
+        refused_row(name, side, info, support, stack) or compare_runtime(name, side, encode, reference[side])
+        for name, encode, stack in _local_runtimes(export_dir, info, texts)
         for side in info["sides"]
     ]
     rows += _int8_rows(export_dir, info, texts, reference)
@@ -109,7 +111,13 @@ def verify(
     return rows
 
 
-def _local_runtimes(export_dir: Path, info: dict, texts: list[str]) -> list[tuple[str, Encoder]]:
+def refused_row(runtime: str, side: str, info: dict, support: dict, stack: str | None) -> Row | None:
+    """A skipped row when the export's ``stacks`` refuses ``stack`` (it cannot reproduce this export), else None."""
+    why = refused(support, stack) if stack is not None else None
+    return None if why is None else Row(runtime, side, info["embedding_dim"], skipped=f"refused by the export: {why}")
+
+
+def _local_runtimes(export_dir: Path, info: dict, texts: list[str]) -> list[tuple[str, Encoder, str | None]]:
     """The runtimes of this interpreter: sentence-transformers, the unmerged LoRA source, onnxruntime."""
     import sentence_transformers
     import transformers
@@ -120,9 +128,9 @@ def _local_runtimes(export_dir: Path, info: dict, texts: list[str]) -> list[tupl
         st = sentence_transformers.SentenceTransformer(str(export_dir / info["sides"][side]), device="cpu")
         return st.encode(texts, batch_size=4, convert_to_numpy=True)
 
-    runtimes: list[tuple[str, Encoder]] = [
+    runtimes: list[tuple[str, Encoder, str | None]] = [
         (f"sentence-transformers {sentence_transformers.__version__} + transformers {transformers.__version__}",
-         st_current)
+         st_current, "sentence-transformers")
     ]  # fmt: skip
     source = info.get("source") or {}
     if source.get("lora") and Path(source["checkpoint"]).is_dir():
@@ -131,7 +139,7 @@ def _local_runtimes(export_dir: Path, info: dict, texts: list[str]) -> list[tupl
         def unmerged(side: str) -> np.ndarray:
             return adapted.encode(texts, side, max_length=info["max_seq_length"]).numpy()
 
-        runtimes.append((f"source LoRA checkpoint, adapters unmerged (r={source['lora']['r']})", unmerged))
+        runtimes.append((f"source LoRA checkpoint, adapters unmerged (r={source['lora']['r']})", unmerged, None))
     if info.get("onnx"):
         import onnxruntime
 
@@ -139,7 +147,7 @@ def _local_runtimes(export_dir: Path, info: dict, texts: list[str]) -> list[tupl
 
         graphs = export_dir / info["onnx"]["folder"]
         runtimes.append((f"tokenizers.Tokenizer.from_file + onnxruntime {onnxruntime.__version__}",
-                         lambda side: OnnxSide(graphs / side).encode(texts)))  # fmt: skip
+                         lambda side: OnnxSide(graphs / side).encode(texts), None))  # fmt: skip
     return runtimes
 
 
@@ -220,6 +228,10 @@ def _side_stack_rows(
     from serve.process import free_port
     from serve.sidestack import NAME, SideStackUnavailable, encode_in_side_stack, infinity_server
 
+    support = info.get("stacks") or {}
+    if refused(support, "sentence-transformers") and refused(support, "infinity-emb"):
+        return [refused_row("older stack (side venv)", side, info, support, "sentence-transformers")
+                for side in info["sides"]]  # fmt: skip
     rows = []
     versions: dict = {}
 
@@ -235,6 +247,10 @@ def _side_stack_rows(
                 rows[-1].runtime = (f"sentence-transformers {versions['sentence-transformers']} + transformers "
                                     f"{versions['transformers']} ({NAME} venv)")  # fmt: skip
         for side in info["sides"]:
+            skip = refused_row("infinity-emb 0.0.78 (HTTP)", side, info, support, "infinity-emb")
+            if skip is not None:
+                rows.append(skip)
+                continue
             log = log_dir / f"infinity-{side}.log" if log_dir is not None else None
             with infinity_server(export_dir / info["sides"][side], "verify", free_port(), log=log) as url:
                 encode = _http_encoder(url, lambda _: "verify", texts)
