@@ -17,7 +17,8 @@ DEFAULT_PACK_TOKENS = 256
 # How long a micro-batch may wait for keep-alive clients it has just answered (serve.batching.ReturningClients).
 DEFAULT_RETURN_WAIT_MS = 50.0
 # ... while the micro-batch has fewer real tokens than this: on 2 CPU cores a packed forward call still gained per
-# token up to ~500-700 real tokens (docs/serving.md); on a GPU, where far larger batches gain, raise it further.
+# token up to ~500-700 real tokens (docs/serving_measurements.md); on a GPU, where far larger batches gain, raise
+# it further.
 DEFAULT_RETURN_WAIT_TOKENS = 512
 
 

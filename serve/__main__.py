@@ -23,70 +23,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key-env", default=None, help="environment variable holding the bearer API key")
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per micro-batch")
+    parser.add_argument("--log-level", default="info")
     parser.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=5.0,
-        help="wait for more rows after a batch's first (with --return-wait-ms: only while unexpected requests come)",
+        "--access-log", choices=["on", "off"], default="on", help="one JSON line per request (logger serve.access)"
     )
-    parser.add_argument(
-        "--return-wait-ms",
-        type=float,
-        default=DEFAULT_RETURN_WAIT_MS,
-        help="a batch also waits up to this long for keep-alive clients just answered that are expected back; 0: never",
-    )
-    parser.add_argument(
-        "--return-wait-tokens",
-        type=int,
-        default=DEFAULT_RETURN_WAIT_TOKENS,
-        help="a micro-batch with this many real tokens stops waiting for clients expected back",
-    )
-    parser.add_argument("--max-batch-size", type=int, default=256, help="rows per micro-batch")
-    parser.add_argument("--max-queued-rows", type=int, default=65536, help="queued rows beyond this answer 429")
-    parser.add_argument("--max-length", type=int, default=512, help="longest row the model runs, delimiters included")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
+    add_model_arguments(parser.add_argument_group("model"))
+    add_batching_arguments(parser.add_argument_group("micro-batching"))
+    add_limit_arguments(parser.add_argument_group("limits and shutdown"))
+    return parser.parse_args(argv)
+
+
+def add_model_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--max-length", type=int, default=512, help="longest row the model runs, delimiters included")
+    group.add_argument("--device", default="cpu")
+    group.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
         default="fp32",
         help="bf16: torch.autocast, the Linear weights cast to bf16 once (the same vectors)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--backend", choices=["torch", "onnx", "onnx-int8"], default="torch", help="onnx: the export's ONNX graphs"
     )
-    parser.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    parser.add_argument(
-        "--max-body-bytes", type=int, default=None, help="larger bodies answer 413 (default: 300,000 tokens x 32 bytes)"
-    )
-    parser.add_argument("--body-timeout-s", type=float, default=30.0, help="a body slower to arrive answers 408")
-    parser.add_argument(
-        "--graceful-shutdown-s",
+    group.add_argument("--torch-threads", type=int, default=None, help="intra-op threads (default: torch's)")
+
+
+def add_batching_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per micro-batch")
+    group.add_argument(
+        "--max-wait-ms",
         type=float,
         default=5.0,
-        help="at SIGTERM, requests in flight get this long; those still running near its end are answered 503",
+        help="wait for more rows after a batch's first (with --return-wait-ms: only while unexpected requests come)",
     )
-    parser.add_argument(
-        "--header-timeout-s", type=float, default=10.0, help="request line and headers slower to arrive answer 408"
+    group.add_argument(
+        "--return-wait-ms",
+        type=float,
+        default=DEFAULT_RETURN_WAIT_MS,
+        help="a batch also waits up to this long for keep-alive clients just answered that are expected back; 0: never",
     )
-    parser.add_argument(
+    group.add_argument(
+        "--return-wait-tokens",
+        type=int,
+        default=DEFAULT_RETURN_WAIT_TOKENS,
+        help="a micro-batch with this many real tokens stops waiting for clients expected back",
+    )
+    group.add_argument("--max-batch-size", type=int, default=256, help="rows per micro-batch")
+    group.add_argument(
         "--pack-tokens",
         type=int,
         default=DEFAULT_PACK_TOKENS,
         help="torch backend: each micro-batch in one padding-free call, rows packed into sequences of at most this "
         "many tokens (0: length chunks of padded rows, as the ONNX backends always run)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--call-overhead-tokens",
         type=lambda text: None if text == "auto" else float(text),
         default=0.0,
         help="padded tokens one forward call is worth when cutting a micro-batch by length (auto: measured at start)",
     )
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument(
-        "--access-log", choices=["on", "off"], default="on", help="one JSON line per request (logger serve.access)"
+
+
+def add_limit_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--max-queued-rows", type=int, default=65536, help="queued rows beyond this answer 429")
+    group.add_argument(
+        "--max-body-bytes", type=int, default=None, help="larger bodies answer 413 (default: 300,000 tokens x 32 bytes)"
     )
-    return parser.parse_args(argv)
+    group.add_argument("--body-timeout-s", type=float, default=30.0, help="a body slower to arrive answers 408")
+    group.add_argument(
+        "--header-timeout-s", type=float, default=10.0, help="request line and headers slower to arrive answer 408"
+    )
+    group.add_argument(
+        "--graceful-shutdown-s",
+        type=float,
+        default=5.0,
+        help="at SIGTERM, requests in flight get this long; those still running near its end are answered 503",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ MAX_ITEMS = 2048
 MAX_TOKENS_PER_ITEM = 8192
 MAX_TOKENS_PER_REQUEST = 300_000
 # Bytes of request JSON one token may take: generous, since runs of spaces measured 16.25 bytes per
-# token in SmolLM2's tokenizer (prose ~3.2, code ~3.7, \u-escaped CJK ~3.6; docs/serving.md has the
+# token in SmolLM2's tokenizer (prose ~3.2, code ~3.7, \u-escaped CJK ~3.6; docs/serving_measurements.md has the
 # command), and a token id of a 152k vocabulary takes 7 ("151935,"). The body limit is what 300,000
 # such tokens take.
 MAX_BYTES_PER_TOKEN = 32
