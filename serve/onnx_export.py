@@ -74,6 +74,7 @@ def export_onnx(model: DecoderEmbedder, out: Path, st_folders: dict[str, Path], 
             "embedding_dim": model.embedding_dim,
             "matryoshka_dims": model.matryoshka_dims,
             "pad_id": int(model.tokenizer.pad_token_id),
+            "prompt": model.sides[side].prompt(),  # the side's task instruction, put before every text
             "inputs": list(INPUTS),
             "output": OUTPUT,
         }
@@ -144,7 +145,7 @@ def session_options(threads: int | None):
 
 
 class OnnxSide:
-    """One exported side: ``encode(texts)`` with onnxruntime and the folder's ``tokenizer.json``."""
+    """One exported side: ``encode(texts)`` with onnxruntime, the folder's ``tokenizer.json`` and its prompt."""
 
     def __init__(self, folder: str | Path, int8: bool = False, threads: int | None = None) -> None:
         import onnxruntime
@@ -165,9 +166,11 @@ class OnnxSide:
         return self.session.run([OUTPUT], feed)[0]
 
     def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
+        """Embed texts, the side's task instruction (``onnx_config.json``'s ``prompt``) before each."""
+        prompt = self.config.get("prompt", "")
         out = []
         for start in range(0, len(texts), batch_size):
-            encodings = self.tokenizer.encode_batch(list(texts[start : start + batch_size]))
+            encodings = self.tokenizer.encode_batch([prompt + text for text in texts[start : start + batch_size]])
             ids = np.asarray([e.ids for e in encodings])
             mask = np.asarray([e.attention_mask for e in encodings])
             out.append(self.run(ids, mask))

@@ -47,17 +47,18 @@ def stack_support(pooling: str, bidirectional: bool, prompts: dict[str, str]) ->
         for stack, pools in (("tei", "cls, mean, splade, last_token"), ("vllm", "LAST, MEAN, CLS")):
             support[stack] = {"status": "refused", "why": f"no position-weighted mean pooling (it pools {pools})"}
     if prompted:
-        support["infinity-emb"] = {"status": "refused", "why": f"applies no prompt: sides {prompted} need their "
-                                   "task instruction before every text (send prompt + text yourself)"}  # fmt: skip
+        why = f"applies no prompt: sides {prompted} need their task instruction before every text (send prompt + text)"
+        support["infinity-emb"] = {"status": "refused", "why": why, "sides": prompted}
         if support["vllm"]["status"] != "refused":
-            support["vllm"] = {"status": "refused", "why": f"applies no prompt: sides {prompted} need their task "
-                               "instruction before every text (send prompt + text yourself)"}  # fmt: skip
+            support["vllm"] = {"status": "refused", "why": why, "sides": prompted}
         if support["tei"]["status"] != "refused":
             support["tei"]["how"] += "; launch with --default-prompt-name <side>"
     return support
 
 
-def refused(support: dict[str, dict[str, Any]], stack: str) -> str | None:
-    """Why ``stack`` cannot reproduce the export, or ``None`` when it can."""
+def refused(support: dict[str, dict[str, Any]], stack: str, side: str | None = None) -> str | None:
+    """Why ``stack`` cannot reproduce the export (or its ``side``: a refusal may name only some sides), or ``None``."""
     entry = support.get(stack, {})
-    return entry.get("why") if entry.get("status") == "refused" else None
+    if entry.get("status") != "refused" or (side is not None and side not in entry.get("sides", [side])):
+        return None
+    return entry["why"]

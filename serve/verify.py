@@ -113,7 +113,7 @@ def verify(
 
 def refused_row(runtime: str, side: str, info: dict, support: dict, stack: str | None) -> Row | None:
     """A skipped row when the export's ``stacks`` refuses ``stack`` (it cannot reproduce this export), else None."""
-    why = refused(support, stack) if stack is not None else None
+    why = refused(support, stack, side) if stack is not None else None
     return None if why is None else Row(runtime, side, info["embedding_dim"], skipped=f"refused by the export: {why}")
 
 
