@@ -153,10 +153,15 @@ def publish(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def step_folders(output_dir: Path) -> list[Path]:
+    """Every ``step-*`` folder of a run, complete or not, oldest first."""
+    found = (output_dir / CHECKPOINTS_DIR).glob("step-*")
+    return sorted(found, key=lambda path: int(path.name.removeprefix("step-")))
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints of a run (every file of its manifest present, at its size), oldest first."""
-    found = [path for path in (output_dir / CHECKPOINTS_DIR).glob("step-*") if damage(path) is None]
-    return sorted(found, key=lambda path: int(path.name.removeprefix("step-")))
+    return [path for path in step_folders(output_dir) if damage(path) is None]
 
 
 def find_resume_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
@@ -175,7 +180,7 @@ def find_resume_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
             )
         return None
     if resume == "auto":
-        for candidate in reversed(existing):
+        for candidate in reversed(step_folders(output_dir)):
             problem = damage(candidate, hashes=True)
             if problem is None:
                 return candidate

@@ -114,3 +114,46 @@ def test_a_trainer_value_of_the_wrong_type_is_named(tmp_path, override: str, mes
     cfg = compose_train_config(tiny_overrides(tmp_path, pairs=4, steps=1, extra=(override,)), tmp_path)
     with pytest.raises(ValueError, match=message):
         train(cfg, tmp_path / "run")
+
+
+def test_every_checkpoint_is_sealed_by_a_manifest_of_all_its_files(tmp_path) -> None:
+    run = run_with_checkpoints(tmp_path, steps=2)
+    newest = run / "checkpoints" / "step-000002"
+    manifest = json.loads((newest / "manifest.json").read_text())["files"]
+    on_disk = {p.relative_to(newest).as_posix() for p in newest.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert set(manifest) == on_disk and "training_state/random_states_0.pkl" in manifest
+    assert all(entry["size"] == (newest / name).stat().st_size for name, entry in manifest.items())
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "flipped byte in the optimizer", "corrupt RNG state"])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog, damage: str) -> None:
+    run = run_with_checkpoints(tmp_path, steps=3)
+    state = run / "checkpoints" / "step-000003" / "training_state"
+    target = state / {"truncated weights": "model.safetensors", "flipped byte in the optimizer": "optimizer.bin",
+                      "corrupt RNG state": "random_states_0.pkl"}[damage]  # fmt: skip
+    data = bytearray(target.read_bytes())
+    if damage == "truncated weights":
+        data = data[: len(data) // 2]  # what a power cut before the data reached the disk leaves
+    else:
+        data[len(data) // 2] ^= 0xFF  # same size: only the hash can tell
+    target.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="train.checkpoint"):
+        assert find_resume_checkpoint(run, "auto").name == "step-000002"
+    assert "skipping damaged checkpoint step-000003" in caplog.text
+    with pytest.raises(FileNotFoundError, match="not a complete training checkpoint"):
+        find_resume_checkpoint(run, str(run / "checkpoints" / "step-000003"))
+    extra = ("trainer.checkpoint_every=1", "trainer.keep_checkpoints=0", "resume=auto")
+    cfg = compose_train_config(tiny_overrides(tmp_path, pairs=8, steps=3, extra=extra), tmp_path)
+    train(cfg, run)  # resumes from step 2 and writes step 3 again, whole
+    assert find_resume_checkpoint(run, "auto").name == "step-000003"
+
+
+def test_an_unreadable_rng_state_is_an_error_not_a_silent_loss_of_exactness(tmp_path) -> None:
+    run = run_with_checkpoints(tmp_path, steps=2)
+    newest = run / "checkpoints" / "step-000002"
+    (newest / "manifest.json").unlink()  # a checkpoint of an older version: no manifest to catch it
+    (newest / "training_state" / "random_states_0.pkl").write_bytes(b"not a pickle")
+    extra = ("trainer.checkpoint_every=1", "trainer.keep_checkpoints=0", "resume=auto")
+    cfg = compose_train_config(tiny_overrides(tmp_path, pairs=8, steps=3, extra=extra), tmp_path)
+    with pytest.raises(ValueError, match="random_states_0.pkl: the RNG state of process 0 is unreadable"):
+        train(cfg, run)
