@@ -3,8 +3,8 @@
 The routes are in :mod:`serve.routes`, the request and response models and the limits in
 :mod:`serve.schemas`, the one error type in :mod:`serve.errors`. The lifespan loads the model
 (unless an engine is handed in, as tests do) and starts the micro-batcher; at shutdown it answers
-the rows still queued, within what is left of the grace when the server is draining
-(:mod:`serve.lifecycle`). Two ASGI middlewares wrap the app: :class:`serve.metrics.AccessLog`
+the rows still queued, or, when the server is draining (:mod:`serve.lifecycle`), stops at once:
+the drain has answered every request by then. Two ASGI middlewares wrap the app: :class:`serve.metrics.AccessLog`
 (outermost: it sees every answer) and :class:`serve.guard.RequestGuard` (the API key, then the
 body's size and time, before FastAPI reads anything).
 
@@ -144,7 +144,7 @@ def create_app(settings: Settings, *, engine: EmbeddingEngine | None = None) -> 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the engine and start the micro-batcher; at shutdown answer what is queued (within the grace left)."""
+    """Load the engine and start the micro-batcher; at shutdown answer what is queued (at once when draining)."""
     settings: Settings = app.state.settings
     app.state.status = "starting"
     if settings.torch_threads is not None:
@@ -169,7 +169,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.status = "stopping"
-        await batcher.close(timeout=app.state.drain.remaining_s())
+        # draining: every request in flight was answered by the drain's deadline, so a forward call still
+        # running has nobody to answer and is not waited for (the grace is nearly spent)
+        await batcher.close(timeout=0.0 if app.state.drain.started else None)
 
 
 async def configure_batching(served: EmbeddingEngine, settings: Settings) -> None:

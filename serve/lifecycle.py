@@ -57,12 +57,6 @@ class Drain:
         answer_in = max(0.0, grace_s - min(DRAIN_MARGIN_S, grace_s / 2))
         asyncio.get_running_loop().call_later(answer_in, self._release)
 
-    def remaining_s(self) -> float | None:
-        """Seconds left of the grace (``None``: not draining)."""
-        if self.started_at is None:
-            return None
-        return max(0.0, self.started_at + self.grace_s - time.monotonic())
-
     async def deadline_passed(self) -> None:
         if self.due:
             return
