@@ -267,3 +267,15 @@ def test_headers_that_do_not_finish_arriving_are_answered_408_and_closed(engine)
             assert read_response(sock)[0] == 408
     finally:
         server.stop()
+
+
+def test_the_heap_is_trimmed_after_tokenizing_a_large_request(engine, monkeypatch):
+    import serve.inputs
+
+    trims: list[int] = []
+    monkeypatch.setattr(serve.inputs, "release_heap", lambda: trims.append(1))
+    monkeypatch.setattr(serve.inputs, "TRIM_AFTER_CHARS", 30)
+    serve.inputs.tokenize_within_limits(engine, ["short"] * 3)  # 15 characters
+    assert trims == []
+    serve.inputs.tokenize_within_limits(engine, ["twenty characters!!!"] * 2)  # 40 characters
+    assert trims == [1]
