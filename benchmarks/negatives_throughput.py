@@ -4,7 +4,7 @@ Both train the same decoder (SmolLM2-135M by default; full fine-tuning, fp32, CP
 Parquet rows (STS-B/MRPC paraphrase pairs; row i's negatives are the positives of rows i+1..i+k,
 in columns ``negative_1..negative_k``), with the same batch size and sequence length, in
 alternating rounds of the same run. Ours reads them with ``data.columns.negatives='negative_*'``
-and ``data.num_negatives=k`` (symmetric InfoNCE, negatives on the x -> y side);
+and ``trainer.num_negatives=k`` (symmetric InfoNCE, negatives on the x -> y side);
 sentence-transformers with ``MultipleNegativesRankingLoss`` over the columns ``anchor, positive,
 negative_1..negative_k``. Reported: median seconds per step after the first, pairs/s and the ratio.
 
@@ -51,7 +51,7 @@ def ours_seconds(model: str, path: Path, k: int, batch: int, length: int, steps:
     cfg = peer.compose(
         [*peer.model_overrides(model), "trainer=cpu", "logging=none", "data=files", f"data.path={path}",
          "data.columns.x=query", "data.columns.y=positive", "data.columns.negatives=negative_*",
-         f"data.num_negatives={k}", f"trainer.steps={steps}", f"trainer.batch_size={batch}",
+         f"trainer.num_negatives={k}", f"trainer.steps={steps}", f"trainer.batch_size={batch}",
          f"trainer.max_length={length}", "trainer.train_top_layers=null", "trainer.val_pairs=0",
          "trainer.eval_every=0", "trainer.warmup_steps=0", *peer.PADDED_FP32],
         work,

@@ -8,7 +8,7 @@ Examples::
 
 (Until this module took it over, the command was ``python -m pairdata mine``: the same options.)
 A rerun of the same command resumes an interrupted run; ``OUT/manifest.json`` is written last.
-Train on the result with ``data=mined data.path=OUT data.num_negatives=K``.
+Train on the result with ``data=mined data.path=OUT trainer.num_negatives=K``.
 """
 
 from __future__ import annotations

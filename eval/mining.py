@@ -19,7 +19,7 @@
    atomically with its counts in ``OUT/stats/``, so a rerun resumes; then ``OUT/manifest.json``
    with the model, the filters, the counts and score histograms.
 
-Train on the result with ``data=mined data.path=OUT data.num_negatives=K``.
+Train on the result with ``data=mined data.path=OUT trainer.num_negatives=K``.
 """
 
 from __future__ import annotations

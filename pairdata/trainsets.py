@@ -302,11 +302,12 @@ def mixture(
     return Mixture(dict(datasets), None if weights is None else dict(weights), same_source_batches)
 
 
-TRAINING_OPTIONS = ("num_negatives",)  # keys of configs/data that the trainer reads, not a loader
+TRAINING_OPTIONS = ("num_negatives",)  # trainer keys that configs/data held before (trainer.num_negatives now)
 
 
 def split_data_config(data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``cfg.data`` as (what Hydra instantiates, the trainer's options such as ``num_negatives``).
+    """``cfg.data`` as (what Hydra instantiates, the trainer's options such as ``num_negatives``): for the
+    ``train_config.yaml`` of runs written when the data configs still held ``num_negatives``.
 
     A mixture's members come from the same config files, so their copies of these keys are dropped:
     the top-level value applies to every member.

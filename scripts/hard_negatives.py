@@ -15,7 +15,7 @@ towers table's settings (configs/towers.yaml: first group of 1,000 per language,
 Round 1 mines ``text-search``'s train split with the untrained decoder (SmolLM2-135M with the
 search tower's delimiters); round 2 with the search tower trained without negatives. Each of the
 three runs is ``experiment=search`` (same steps, batch, seed, held-out rows), the negatives ones on
-``data=mined`` with ``data.num_negatives``. Every run is scored by MRR and top-1 on the
+``data=mined`` with ``trainer.num_negatives``. Every run is scored by MRR and top-1 on the
 ``text-search`` valid split: each valid query ranked against every valid document (355 here),
 cut at the recipe's 64 tokens. Mining, training and scoring run as the README's commands, in
 subprocesses; each leaves a file on disk and a rerun picks up after it. ``report.md`` and
@@ -103,9 +103,9 @@ def train(work: Path, name: str, args: argparse.Namespace) -> Path:
                f"experiment={args.tower}", f"trainer.mixed_precision={MIXED_PRECISION[args.precision]}",
                "resume=auto", "logging=none", f"hydra.run.dir={run_dir}"]  # fmt: skip
     if name != "none" and args.tower == "search":
-        command += ["data=mined", f"data.path={work / f'mined-{name}'}", f"data.num_negatives={args.negatives}"]
+        command += ["data=mined", f"data.path={work / f'mined-{name}'}", f"trainer.num_negatives={args.negatives}"]
     elif name != "none":
-        command += ["data=code_mined", f"data.num_negatives={args.negatives}"]
+        command += ["data=code_mined", f"trainer.num_negatives={args.negatives}"]
         command += [f"data.datasets.{dataset}.path={out}" for dataset, out in mining_targets(work, name, args).items()]
     seconds = run_logged(command, work / "logs" / f"train-{name}.log")
     (run_dir / "timing.json").write_text(json.dumps({"command": command, "seconds": round(seconds)}) + "\n")
@@ -236,7 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tower", choices=["search", "code"], default="search")
     parser.add_argument("--work", type=Path, default=None, help="default: runs/hard-negatives (code: -code)")
-    parser.add_argument("--negatives", type=int, default=1, help="data.num_negatives of the training runs")
+    parser.add_argument("--negatives", type=int, default=1, help="trainer.num_negatives of the training runs")
     parser.add_argument("--mine-negatives", type=int, default=7)
     parser.add_argument("--range-min", type=int, default=0)
     parser.add_argument("--relative-margin", type=float, default=None)

@@ -20,7 +20,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from models.backbone import resolve_pretrained
-from pairdata.trainsets import split_data_config
 from train.checkpoint import Checkpointer
 from train.data import Tokenization, TrainingData, build_training_data
 from train.evaluation import Validator
@@ -72,10 +71,9 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
         with accelerator.main_process_first():  # the first load converts the offline model (and data) into caches
             if cfg.model.get("pretrained"):
                 resolve_pretrained(cfg.model.pretrained)
-            data_config, data_options = split_data_config(cfg.data)
-            dataset = hydra.utils.instantiate(data_config)
+            dataset = hydra.utils.instantiate(cfg.data)
         embedder = build_embedder(cfg, settings)  # on every process at once: ZeRO-3 builds it collectively
-        data = build_data(dataset, embedder, sides, settings, cfg.seed, accelerator, data_options)
+        data = build_data(dataset, embedder, sides, settings, cfg.seed, accelerator)
         optimizer = adamw(embedder, settings)
         scheduler = lr_schedule(optimizer, settings)
         model, optimizer = accelerator.prepare(embedder, optimizer)  # the scheduler is saved as JSON, not pickled
@@ -131,9 +129,8 @@ def build_embedder(cfg: DictConfig, settings: TrainerSettings) -> Any:
 
 
 def build_data(
-    dataset: Any, embedder: Any, sides: tuple[str, str], settings: TrainerSettings, seed: int, accelerator: Any,
-    data_options: dict[str, Any],
-) -> TrainingData:  # fmt: skip
+    dataset: Any, embedder: Any, sides: tuple[str, str], settings: TrainerSettings, seed: int, accelerator: Any
+) -> TrainingData:
     """This process's steps of tokenized micro-batches over ``dataset`` (:mod:`train.data`)."""
     tokenization = Tokenization(
         embedder.tokenizer, embedder.sides[sides[0]], embedder.sides[sides[1]], settings.max_length,
@@ -143,5 +140,5 @@ def build_data(
         dataset, tokenization, seed=seed, steps=settings.steps, batch_size=settings.batch_size,
         accum_steps=settings.grad_accum_steps, rank=accelerator.process_index, world_size=accelerator.num_processes,
         val_pairs=settings.val_pairs, num_workers=settings.num_workers, prefetch_factor=settings.prefetch_factor,
-        pin_memory=accelerator.device.type == "cuda", num_negatives=int(data_options.get("num_negatives", 0)),
+        pin_memory=accelerator.device.type == "cuda", num_negatives=settings.num_negatives,
     )  # fmt: skip

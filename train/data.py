@@ -4,7 +4,7 @@ The loop receives, per optimizer step, this process's micro-batches as tensors o
 ``input_ids`` / ``attention_mask`` (2B + M, T) (the B x-rows, the B y-rows, then the rows' M hard
 negatives, delimited as :func:`models.tokenization.encode_delimited` does for inference and
 serving) and ``x_keys`` / ``y_keys`` (B,) int64 hashes of the texts, with which the loss leaves
-repeated texts of a batch out of each other's negatives. With ``data.num_negatives`` > 0 also
+repeated texts of a batch out of each other's negatives. With ``trainer.num_negatives`` > 0 also
 ``negative_keys`` (M,), ``negative_counts`` (B,) and ``negatives_dropped`` (how many of the rows'
 negatives were their own positive's text).
 
@@ -381,10 +381,10 @@ def build_training_data(
     Args:
         data: what ``configs/data`` instantiates: a ``Dataset``, an ``IterableDataset``, a
             :class:`~pairdata.trainsets.Mixture`, or a list of :class:`~pairdata.pairs.Pair`.
-        num_negatives: hard negatives per row at most (``data.num_negatives``); 0 = in-batch only.
+        num_negatives: hard negatives per row at most (``trainer.num_negatives``); 0 = in-batch only.
     """
     if num_negatives < 0:
-        raise ValueError(f"data.num_negatives must be >= 0, got {num_negatives}")
+        raise ValueError(f"trainer.num_negatives must be >= 0, got {num_negatives}")
     negatives = NegativeChoice(num_negatives, seed) if num_negatives else None
     global_batch = batch_size * world_size * accum_steps
     if isinstance(data, list):  # a plain list of pairs (e.g. from a custom data target)

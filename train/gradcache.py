@@ -60,38 +60,28 @@ def gradcache_backward(
     Args:
         model: the (possibly DDP-wrapped) embedder, used for the replayed chunks.
         embedder: the unwrapped embedder (holds ``log_scale``), used for the graph-free pass.
-        batch: a micro-batch as :func:`train.losses.loss_inputs` reads it: ``input_ids`` and
-            ``attention_mask`` (2B + M, T) (B x-rows, B y-rows, M hard negatives), the keys (B,).
+        batch: a micro-batch as :func:`train.losses.loss_inputs` reads it: ``input_ids``, ``attention_mask``
+            (2B + M, T) (B x-rows, B y-rows, M hard negatives), the keys (B,).
         sides: the side of each row.
-        chunk_size: rows per forward pass.
-        loss_weight: 1 / accumulation steps.
+        chunk_size: rows per forward pass; loss_weight: 1 / accumulation steps.
         loss: the contrastive loss (gathers across processes itself).
-        no_sync: context that skips the gradient all-reduce (DDP); used for every chunk but the
-            last when ``sync_last`` and for all of them otherwise.
-        autocast: mixed-precision context.
-        sync_last: whether the last chunk's backward should all-reduce gradients.
+        no_sync: context that skips the gradient all-reduce (DDP), for every chunk but the last when ``sync_last``.
+        autocast: mixed-precision context; sync_last: whether the last chunk's backward all-reduces gradients.
         backward: runs a backward pass (``accelerator.backward``, which applies fp16 loss scaling).
         pack_tokens: pack each chunk's rows padding-free into sequences of this many tokens (None: padded).
 
-    Returns:
-        The loss's terms, detached.
+    Returns: the loss's terms, detached.
     """
     device = embedder.log_scale.device
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
-    starts = list(range(0, input_ids.shape[0], chunk_size))
+    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    chunks = [slice(start, start + chunk_size) for start in range(0, input_ids.shape[0], chunk_size)]
 
     # Step (1): embeddings without a graph; remember the RNG state before each chunk.
     states, pieces = [], []
     with torch.no_grad(), autocast():
-        for start in starts:
+        for rows in chunks:
             states.append(RandState())
-            end = start + chunk_size
-            pieces.append(
-                embedder(
-                    input_ids[start:end], attention_mask[start:end], list(sides[start:end]), pack_tokens=pack_tokens
-                )
-            )
+            pieces.append(embedder(input_ids[rows], attention_mask[rows], list(sides[rows]), pack_tokens=pack_tokens))
     cached = torch.cat(pieces).detach().requires_grad_()  # (2B + M, D)
 
     # Step (2): full-batch loss; gradients for the embeddings and the temperature only.
@@ -101,14 +91,11 @@ def gradcache_backward(
     )
 
     # Step (3): replay each chunk with a graph and push the cached gradients into the weights.
-    for index, (start, state) in enumerate(zip(starts, states, strict=True)):
-        end = start + chunk_size
-        last = index == len(starts) - 1
+    for index, (rows, state) in enumerate(zip(chunks, states, strict=True)):
+        last = index == len(chunks) - 1
         with no_sync() if not (last and sync_last) else nullcontext(), state, autocast():
-            replayed = model(
-                input_ids[start:end], attention_mask[start:end], list(sides[start:end]), pack_tokens=pack_tokens
-            )
-            surrogate = (replayed * embedding_grad[start:end]).sum()
+            replayed = model(input_ids[rows], attention_mask[rows], list(sides[rows]), pack_tokens=pack_tokens)
+            surrogate = (replayed * embedding_grad[rows]).sum()
             if last and scale_grad is not None and embedder.log_scale.requires_grad:
                 # The temperature's gradient joins the last backward, so DDP sees every parameter.
                 surrogate = surrogate + (embedder.log_scale * scale_grad).sum()

@@ -39,6 +39,7 @@ class TrainerSettings:
     train_top_layers: int | None = None
     val_pairs: int = 0
     gradcache_chunk: int | None = None
+    num_negatives: int = 0
     eval_every: int = 0
     temperature_lr: float | None = None
     matryoshka_dims: list[int] | None = None
@@ -107,7 +108,7 @@ class TrainerSettings:
             raise ConfigError(
                 f"trainer.pack_length must be >= trainer.max_length ({self.max_length}) or null, got {self.pack_length}"
             )
-        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "eval_every"):
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "eval_every", "num_negatives"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:

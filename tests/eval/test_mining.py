@@ -130,7 +130,6 @@ def test_an_unfinished_mining_folder_is_refused_as_training_data(tmp_path) -> No
 def test_the_mine_command_with_a_checkpoint_writes_a_set_the_trainer_reads(tmp_path, tiny_embedder) -> None:
     from hydra.utils import instantiate
 
-    from pairdata.trainsets import split_data_config
     from tests.conftest import compose_train_config
 
     checkpoint = tmp_path / "model"
@@ -143,10 +142,9 @@ def test_the_mine_command_with_a_checkpoint_writes_a_set_the_trainer_reads(tmp_p
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["encoder"]["kind"] == "cpt-embedder" and manifest["filters"]["range_min"] == 1
     assert manifest["command"].startswith("python -m eval.mine --model")
-    cfg = compose_train_config(["data=mined", f"data.path={out}", "data.num_negatives=2"], tmp_path)
-    loader, options = split_data_config(cfg.data)
-    dataset = instantiate(loader)
-    assert options == {"num_negatives": 2} and len(dataset) == 40
+    cfg = compose_train_config(["data=mined", f"data.path={out}", "trainer.num_negatives=2"], tmp_path)
+    dataset = instantiate(cfg.data)
+    assert cfg.trainer.num_negatives == 2 and len(dataset) == 40
     assert all(len(row["negatives"]) == 2 for row in dataset)
     shutil.rmtree(out / "embeddings")  # the embeddings are a cache: training never reads them
     assert len(load_mined(str(out))) == 40
@@ -183,17 +181,15 @@ def test_a_mining_sample_is_seeded_without_repeats_and_keeps_the_set_order(tmp_p
 def test_data_code_mined_mixes_one_mined_set_per_language_with_its_negatives(tmp_path) -> None:
     from hydra.utils import instantiate
 
-    from pairdata.trainsets import split_data_config
     from tests.conftest import compose_train_config
 
     out = tmp_path / "mined"
     mine(pair_set(tmp_path), WordEncoder(), out, MiningFilters(num_negatives=2), show_progress=False)
     languages = ["python", "java", "go", "php", "ruby", "javascript"]
     paths = [f"data.datasets.code-{language}.path={out}" for language in languages]
-    cfg = compose_train_config(["experiment=code", "data=code_mined", "data.num_negatives=2", *paths], tmp_path)
-    loader, options = split_data_config(cfg.data)
-    mixture = instantiate(loader)
-    assert options == {"num_negatives": 2} and mixture.names == [f"code-{language}" for language in languages]
+    cfg = compose_train_config(["experiment=code", "data=code_mined", "trainer.num_negatives=2", *paths], tmp_path)
+    mixture = instantiate(cfg.data)
+    assert mixture.names == [f"code-{language}" for language in languages]
     assert all(len(row["negatives"]) == 2 for row in mixture.datasets["code-ruby"])
 
 

@@ -168,8 +168,8 @@ def test_negatives_off_trains_exactly_as_a_set_without_the_column(tmp_path) -> N
     plain = write_pairs(tmp_path / "plain.jsonl", 16)
     for name, data, extra in (
         ("plain", plain, ()),
-        ("off", with_negatives, ("data.num_negatives=0",)),
-        ("none-given", plain, ("data.num_negatives=3",)),  # asked for, but no row has any
+        ("off", with_negatives, ("trainer.num_negatives=0",)),
+        ("none-given", plain, ("trainer.num_negatives=3",)),  # asked for, but no row has any
     ):
         cfg = compose_train_config(overrides(data, "trainer.steps=2", "trainer.batch_size=8", *extra), tmp_path)
         train(cfg, tmp_path / name)
@@ -186,7 +186,7 @@ def test_negatives_change_the_training_and_are_counted(tmp_path) -> None:
     data = write_with_negatives(tmp_path / "with.jsonl", 16)
     runs = {}
     for name, count in (("off", 0), ("on", 2)):
-        extra = ("trainer.steps=2", "trainer.batch_size=16", "trainer.val_pairs=0", f"data.num_negatives={count}")
+        extra = ("trainer.steps=2", "trainer.batch_size=16", "trainer.val_pairs=0", f"trainer.num_negatives={count}")
         train(compose_train_config(overrides(data, *extra), tmp_path), tmp_path / name)
         runs[name] = tmp_path / name
     assert losses(runs["on"]) != losses(runs["off"])
@@ -204,7 +204,7 @@ def test_gradcache_equals_the_plain_full_batch_with_negatives(tmp_path, accumula
     for name, chunk in (("plain", "null"), ("cached", "5")):
         extra = ("trainer.steps=2", f"trainer.gradcache_chunk={chunk}", f"trainer.grad_accum_steps={accumulate}",
                  f"trainer.batch_size={16 // accumulate}", "trainer.temperature_lr=1e-2",
-                 f"trainer.matryoshka_dims={matryoshka}", "data.num_negatives=3")  # fmt: skip
+                 f"trainer.matryoshka_dims={matryoshka}", "trainer.num_negatives=3")  # fmt: skip
         train(compose_train_config(overrides(data, *extra), tmp_path), tmp_path / name)
         runs[name] = tmp_path / name
     assert losses(runs["cached"]) == pytest.approx(losses(runs["plain"]), abs=1e-6)
@@ -219,7 +219,7 @@ def test_gradcache_equals_the_plain_full_batch_with_negatives(tmp_path, accumula
 def test_two_processes_equal_one_process_with_negatives(tmp_path, chunk: str) -> None:
     # rows carry 0..3 negatives, so the two processes hold different numbers of them in a step
     data = write_with_negatives(tmp_path / "with.jsonl", 24)
-    common = [*overrides(data, "trainer.steps=3", "data.num_negatives=3"), "trainer.matryoshka_dims=[8,32]"]
+    common = [*overrides(data, "trainer.steps=3", "trainer.num_negatives=3"), "trainer.matryoshka_dims=[8,32]"]
     run_one_and_two_processes(tmp_path, common, chunk)
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     assert_same_weights(final_weights(tmp_path / "two", 3), final_weights(tmp_path / "one", 3), atol=1e-5)
@@ -231,7 +231,7 @@ def test_a_streamed_set_trains_with_its_negatives(tmp_path) -> None:
     rows = [json.loads(line) for line in write_with_negatives(tmp_path / "with.jsonl", 16).open()]
     pd.DataFrame(rows).to_parquet(tmp_path / "with.parquet")
     extra = ("data=files", f"data.path={tmp_path / 'with.parquet'}", "data.streaming=true", "trainer.val_pairs=0",
-             "trainer.steps=2", "trainer.batch_size=16", "data.num_negatives=2")  # fmt: skip
+             "trainer.steps=2", "trainer.batch_size=16", "trainer.num_negatives=2")  # fmt: skip
     train(compose_train_config([*overrides(tmp_path / "unused.jsonl"), *extra], tmp_path), tmp_path / "run")
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["negatives_per_row"] == pytest.approx(1.25) and first["rows_short_of_negatives"] == 8

@@ -18,7 +18,7 @@ from train.settings import TrainerSettings
     [
         (),
         ("trainer.gradcache_chunk=5", "trainer.grad_accum_steps=2", "trainer.batch_size=8"),
-        ("data.num_negatives=3", "trainer.matryoshka_dims=[8,32]", "trainer.pack_length=96"),
+        ("trainer.num_negatives=3", "trainer.matryoshka_dims=[8,32]", "trainer.pack_length=96"),
     ],
     ids=["plain", "gradcache-accumulate", "negatives-matryoshka"],
 )
@@ -37,7 +37,7 @@ def test_packed_training_equals_padded_training(tmp_path, extra: tuple[str, ...]
 @pytest.mark.multiprocess
 def test_two_packed_processes_equal_one_padded_process(tmp_path) -> None:
     data = write_with_negatives(tmp_path / "with.jsonl", 24)
-    common = [*overrides(data, "trainer.steps=3", "data.num_negatives=3")]
+    common = [*overrides(data, "trainer.steps=3", "trainer.num_negatives=3")]
     run_one_and_two_processes(tmp_path, common, "3", two_only=("trainer.packing=true",))
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     assert_same_weights(final_weights(tmp_path / "two", 3), final_weights(tmp_path / "one", 3), atol=1e-5)

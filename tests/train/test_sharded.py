@@ -75,8 +75,8 @@ MODES = {
     "full": (),
     "lora": ("model.lora.r=4", "trainer.lr=1e-2"),
     "gradcache": ("trainer.gradcache_chunk=3",),
-    "negatives": ("data.num_negatives=3",),
-    "packing": ("trainer.packing=true", "data.num_negatives=3"),
+    "negatives": ("trainer.num_negatives=3",),
+    "packing": ("trainer.packing=true", "trainer.num_negatives=3"),
 }
 
 
