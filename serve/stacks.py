@@ -34,7 +34,7 @@ def stack_support(pooling: str, bidirectional: bool, prompts: dict[str, str]) ->
         "sentence-transformers": {"status": "exact", "how": "SentenceTransformer(OUT/sentence-transformers/<side>)"},
         "infinity-emb": {"status": "exact", "how": "infinity_emb v2 --model-id OUT/sentence-transformers/<side>"},
         "tei": {"status": "close", "how": "CUDA in fp16 only for this Llama family: close to fp32, not equal"},
-        "vllm": {"status": "exact", "how": "vllm serve OUT/sentence-transformers/<side> --task embed --dtype float32"},
+        "vllm": {"status": "exact", "how": "vllm serve OUT/sentence-transformers/<side> --runner pooling --dtype float32"},
     }
     if bidirectional:
         why = ("the checkpoint attends both ways (model.bidirectional); this stack would run the decoder causally "

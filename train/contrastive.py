@@ -32,7 +32,6 @@ from train.loop import train_steps  # noqa: E402
 from train.settings import ConfigError  # noqa: E402
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-logger = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -67,7 +66,7 @@ def main(cfg: DictConfig) -> None:
         cause = one_line_cause(error)
         if cause is None:
             raise
-        logger.error("%s", cause)
+        print(f"\nerror: {cause}", file=sys.stderr)  # stderr (Hydra logs to stdout), below any progress bar
         sys.exit(2)
 
 
