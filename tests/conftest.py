@@ -11,6 +11,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 SHARED_DATA = Path(os.environ.get("CPT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
+# One intra-op thread per test process (and the processes it launches): tiny models gain nothing from a
+# second, and OpenMP's barrier makes a 2-thread op wait for a core another job holds: on a loaded machine
+# a 2 s test took 118 s with two threads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "HF_DATASETS_CACHE" not in os.environ:  # Arrow copies of the tests' small files stay out of the user's cache

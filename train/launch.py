@@ -84,8 +84,10 @@ class RunFolderLock:
     """An exclusive lock on a run folder, held by the run's main process until the run ends.
 
     A second run started on the same folder (or a second lone process of a broken launch) fails at
-    once instead of interleaving checkpoints and metrics. The lock is an ``flock`` on
-    ``OUTPUT/.run.lock``: the system drops it when the process dies, so a killed run resumes freely.
+    once instead of interleaving checkpoints and metrics. The lock is a POSIX record lock (``lockf``)
+    on ``OUTPUT/.run.lock``: it belongs to this process alone (DataLoader workers forked from it do
+    not hold it, as they would an ``flock``), works on NFS, and the system drops it when the process
+    dies, so a killed run resumes at once.
     """
 
     def __init__(self, output_dir: Path) -> None:
@@ -93,8 +95,8 @@ class RunFolderLock:
         self.path = output_dir / LOCK_NAME
         self._file = self.path.open("a+")
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
             self._file.close()
@@ -109,7 +111,7 @@ class RunFolderLock:
 
     def release(self) -> None:
         if not self._file.closed:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
+            fcntl.lockf(self._file, fcntl.LOCK_UN)
             self._file.close()
 
 

@@ -64,6 +64,13 @@ class TrainerSettings:
 
     def check_distributed(self, distributed_type: Any) -> None:
         """Refuse options that the launched distributed engine cannot run."""
+        sharded = str(distributed_type).endswith(("FSDP", "DEEPSPEED"))
+        if sharded and (self.eval_benchmarks or self.best_metric):
+            raise ConfigError(
+                "trainer.eval_benchmarks and trainer.best_metric score and save the whole model on the main process, "
+                "which FSDP and DeepSpeed hold in shards: set them to null and score the checkpoints afterwards "
+                "(python eval/run.py source=checkpoint ...), or train with DDP"
+            )
         if str(distributed_type).endswith("DEEPSPEED") and (self.gradcache_chunk or self.grad_accum_steps > 1):
             raise ConfigError(
                 "trainer.gradcache_chunk and trainer.grad_accum_steps > 1 do not compose with DeepSpeed (its "

@@ -81,7 +81,7 @@ MODES = {
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", [m if m == "full" else pytest.param(m, marks=pytest.mark.distributed) for m in MODES])
 def test_fsdp_on_two_cpu_processes_equals_one_process(tmp_path, mode: str) -> None:
     common = common_args(tmp_path, *MODES[mode], negatives="negatives" in mode or mode == "packing")
     assert_ok(one_process([*common, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"]))
@@ -114,6 +114,7 @@ def tiny_base(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.distributed
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_on_two_cpu_processes_equals_one_process(tmp_path, stage: int) -> None:
@@ -131,6 +132,7 @@ def test_deepspeed_zero_on_two_cpu_processes_equals_one_process(tmp_path, stage:
     assert_same_weights(exported_weights(two), exported_weights(one), atol=tolerance)
 
 
+@pytest.mark.distributed
 @pytest.mark.multiprocess
 def test_fsdp_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path) -> None:
     common = [*common_args(tmp_path, "trainer.steps=40", "trainer.batch_size=4", "trainer.checkpoint_every=8",
@@ -179,6 +181,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.distributed
 @pytest.mark.multiprocess
 def test_two_machines_on_localhost_equal_one_machine_with_two_processes(tmp_path) -> None:
     common = common_args(tmp_path, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'multinode'}")
@@ -199,6 +202,7 @@ def test_two_machines_on_localhost_equal_one_machine_with_two_processes(tmp_path
 
 
 @pytest.mark.skipif(not native_bf16(), reason="no native bf16 on this CPU")
+@pytest.mark.distributed
 @pytest.mark.multiprocess
 def test_fsdp_trains_in_bf16_close_to_one_bf16_process(tmp_path) -> None:
     common = common_args(tmp_path, "trainer.mixed_precision=bf16")
