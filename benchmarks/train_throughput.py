@@ -130,19 +130,19 @@ class TokenCounter:
 
         pool, pack = DecoderEmbedder._pool, models.packing.pack_rows
 
-        def counted_pool(backbone, input_ids, attention_mask, pack_tokens=None):
+        def counted_pool(embedder, backbone, input_ids, attention_mask, pack_tokens=None):
             self.real.append(int(attention_mask.sum()))
             self.text.append(self.real[-1] - 2 * input_ids.shape[0])  # each row: open + text + close
             if pack_tokens is None:
                 self.computed.append(input_ids.numel())
-            return pool(backbone, input_ids, attention_mask, pack_tokens)
+            return pool(embedder, backbone, input_ids, attention_mask, pack_tokens)
 
         def counted_pack(input_ids, attention_mask, capacity):
             packed = pack(input_ids, attention_mask, capacity)
             self.computed.append(packed.input_ids.numel())
             return packed
 
-        DecoderEmbedder._pool = staticmethod(counted_pool)
+        DecoderEmbedder._pool = counted_pool
         models.packing.pack_rows = counted_pack
 
     def install_on_sentence_transformers(self, auto_model) -> None:
@@ -203,19 +203,19 @@ def ours_seconds_per_step(
 
 
 def backbone_folder(model: str, work: Path) -> str:
-    """A plain HF folder of the same decoder for sentence-transformers to load."""
-    if model == "tiny":
-        from models import load_backbone
-
-        backbone, tokenizer = load_backbone(None, random_config=TINY_MODEL)
-        backbone.save_pretrained(work / "tiny")
-        tokenizer.save_pretrained(work / "tiny")
-        return str(work / "tiny")
+    """A plain HF folder of the same decoder for sentence-transformers to load (random weights are saved once)."""
     from omegaconf import OmegaConf
 
-    from models import resolve_pretrained
+    from models import load_backbone, resolve_pretrained
 
-    return resolve_pretrained(OmegaConf.load(REPO_ROOT / "configs" / "model" / f"{model}.yaml").pretrained)
+    config = None if model == "tiny" else OmegaConf.load(REPO_ROOT / "configs" / "model" / f"{model}.yaml")
+    if config is not None and not config.get("random_config"):
+        return resolve_pretrained(config.pretrained)
+    random_config = TINY_MODEL if config is None else OmegaConf.to_container(config.random_config)
+    backbone, tokenizer = load_backbone(None, random_config=random_config)
+    backbone.save_pretrained(work / model)
+    tokenizer.save_pretrained(work / model)
+    return str(work / model)
 
 
 def sentence_transformers_timing(
@@ -229,7 +229,8 @@ def sentence_transformers_timing(
     bf16: bool = False,
 ) -> StepTiming:
     """``SentenceTransformerTrainer`` on ``dataset`` (columns ``anchor``, ``positive`` and any
-    ``negative_*``), last-token pooling over the decoder folder, CPU, fp32 (``bf16``: its autocast);
+    ``negative_*``), last-token pooling over the decoder folder, on :func:`compute_device`, fp32 (``bf16``:
+    its autocast);
     ``loss``: ``symmetric`` (MNSRL) or ``mnrl`` (MultipleNegativesRankingLoss)."""
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.base.modules.transformer import TRANSFORMER_TASK_DEFAULTS
@@ -249,7 +250,8 @@ def sentence_transformers_timing(
     if transformer.tokenizer.pad_token is None:
         transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
     pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
-    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+    device = compute_device()
+    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
     counter = TokenCounter()
     counter.install_on_sentence_transformers(transformer.auto_model)
     step_ends: list[float] = []
@@ -263,11 +265,12 @@ def sentence_transformers_timing(
                 step_ends.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)  # a GPU step is only over when its kernels are
             step_ends.append(time.perf_counter())
 
     arguments = SentenceTransformerTrainingArguments(
         output_dir=str(work), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-4,
-        warmup_steps=0, report_to="none", save_strategy="no", logging_steps=steps, use_cpu=True, seed=0,
+        warmup_steps=0, report_to="none", save_strategy="no", logging_steps=steps, use_cpu=device == "cpu", seed=0,
         dataloader_drop_last=True, bf16=bf16,
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(
@@ -338,15 +341,32 @@ def matmul_peak_gflops(dtype_name: str, size: int = 2048, repeats: int = 5) -> f
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     if dtype_name == "bf16" and not native_bf16():
         size, repeats = 512, 1
+    device = compute_device()
 
     def seconds(n: int) -> float:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+        synchronize(device)
         started = time.perf_counter()
         a @ b
+        synchronize(device)
         return time.perf_counter() - started
 
     seconds(size)  # warm-up: kernel selection and first-touch memory
     return 2 * size**3 / min(seconds(size) for _ in range(repeats)) / 1e9
+
+
+def compute_device() -> str:
+    """``cuda`` where a GPU is visible (both trainers and the matmul peak run there), else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def non_embedding_parameters(model: str) -> int:
@@ -356,8 +376,7 @@ def non_embedding_parameters(model: str) -> int:
 
     from models import load_backbone
 
-    pretrained = None if model == "tiny" else backbone_folder(model, Path(tempfile.gettempdir()))
-    backbone, _ = load_backbone(pretrained, random_config=TINY_MODEL if model == "tiny" else None)
+    backbone, _ = load_backbone(backbone_folder(model, Path(tempfile.mkdtemp(prefix="cpt-params-"))))
     tables = [m for m in backbone.modules() if isinstance(m, torch.nn.Embedding)]
     embeddings = {id(p) for table in tables for p in table.parameters()}
     return sum(p.numel() for p in backbone.parameters() if id(p) not in embeddings)
